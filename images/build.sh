@@ -131,9 +131,13 @@ if [ ! -f "$kbuild/.kvmshm-ready" ] || [ -n "${KERNEL_SRC:-}" ]; then
 	"$src/scripts/kconfig/merge_config.sh" -m -O "$kbuild" "$kbuild/.config" "$here/guest.config" >/dev/null
 	"${kmake[@]}" -s -C "$src" O="$kbuild" olddefconfig
 	# merge_config would only warn; an option that did not stick is an error.
-	missing_opts=$(grep -E '^CONFIG_[A-Z0-9_]+=y' "$here/guest.config" | while read -r opt; do
-		grep -qx "$opt" "$kbuild/.config" || echo "$opt"; done)
-	[ -z "$missing_opts" ] || { echo "options not set in .config: $missing_opts" >&2; false; }
+	wrong_opts=$({
+		grep -E '^CONFIG_[A-Z0-9_]+=y' "$here/guest.config" | while read -r opt; do
+			grep -qx "$opt" "$kbuild/.config" || echo "$opt"; done
+		sed -nE 's/^# (CONFIG_[A-Z0-9_]+) is not set$/\1/p' "$here/guest.config" | while read -r opt; do
+			if grep -q "^$opt=" "$kbuild/.config"; then echo "$opt (should be off)"; fi; done
+	} | tr '\n' ' ')
+	[ -z "$wrong_opts" ] || { echo "options not as guest.config asks: $wrong_opts" >&2; false; }
 	"${kmake[@]}" -s -C "$src" O="$kbuild" vmlinux modules
 	touch "$kbuild/.kvmshm-ready"
 fi
@@ -157,8 +161,8 @@ fi
 install_out "$dbuild/kvmshm.ko" kvmshm.ko
 
 step="guest user space"
-(cd "$top" && cargo build --quiet --release --target "$musl_target" -p guest-userspace)
-guest_bins="$top/target/$musl_target/release"
+(cd "$top" && cargo build --quiet --locked --profile guest --target "$musl_target" -p guest-userspace)
+guest_bins="$top/target/$musl_target/guest"
 programs=(init kvmshm-demo)
 for p in "${programs[@]}"; do install_out "$guest_bins/$p" "$p"; done
 
