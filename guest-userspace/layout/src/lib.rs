@@ -1,0 +1,33 @@
+//! The layout of a kvmshm shared-memory region and the protocols run over it.
+//!
+//! Guest programs and host tools both build on this crate so that the two
+//! sides cannot disagree about an offset. The core is `no_std` and has no
+//! dependencies, so it costs a guest program only the code it calls; the
+//! `host` feature adds the host library (mapping backing files, inspection,
+//! the echo client).
+//!
+//! A region starts with a [`header`] naming the protocol (the [`Mode`]) that
+//! the rest of it currently holds:
+//! - [`records`]: guest processes write checksummed records, each into its own area;
+//! - [`fill`]: the host fills the data area with a seeded pseudo-random stream;
+//! - [`echo`]: a request/response mailbox for live round trips.
+
+#![cfg_attr(not(any(feature = "host", test)), no_std)]
+
+pub mod echo;
+mod error;
+pub mod fill;
+mod hash;
+pub mod header;
+mod prng;
+pub mod records;
+mod region;
+
+#[cfg(feature = "host")]
+pub mod host;
+
+pub use error::LayoutError;
+pub use hash::Checksum;
+pub use header::{HEADER_LEN, Header, Mode};
+pub use prng::SplitMix64;
+pub use region::Region;

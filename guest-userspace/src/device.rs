@@ -1,0 +1,148 @@
+//! Opening and mapping a kvmshm device: the driver's interface (UAPI), spelt
+//! out here and nowhere else in the guest programs.
+//!
+//! A path to a regular file works too, so that the guest programs can be
+//! tested on the host against a plain file.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::io::AsRawFd;
+
+use shm_layout::{HEADER_LEN, LayoutError, Region};
+
+/// The driver's `struct kvmshm_info`.
+#[repr(C)]
+#[derive(Default)]
+struct Info {
+    size: u64,
+    // Filled by the driver; the programs need only the size.
+    _iv_position: u32,
+    _caching: u32,
+}
+
+/// Linux's `_IOC(dir, type, nr, size)` encoding.
+const fn ioc(dir: u32, nr: u32, size: usize) -> libc::Ioctl {
+    // The kernel takes the number as an unsigned int; the cast keeps its bits
+    // whether libc spells the parameter c_int (musl) or c_ulong (glibc).
+    ((dir << 30) | ((size as u32) << 16) | ((b'K' as u32) << 8) | nr) as libc::Ioctl
+}
+
+const IOC_WRITE: u32 = 1;
+const IOC_READ: u32 = 2;
+/// `_IOR('K', 1, struct kvmshm_info)`: the region's size.
+const KVMSHM_IOC_INFO: libc::Ioctl = ioc(IOC_READ, 1, size_of::<Info>());
+/// `_IOW('K', 2, __u32)`: the memory type of later mmaps of this fd.
+const KVMSHM_IOC_SET_CACHING: libc::Ioctl = ioc(IOC_WRITE, 2, size_of::<u32>());
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Caching {
+    WriteBack = 0,
+    WriteCombining = 1,
+    Uncached = 2,
+}
+
+impl Caching {
+    /// Parses the short names `wb`, `wc` and `uc`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "wb" => Some(Self::WriteBack),
+            "wc" => Some(Self::WriteCombining),
+            "uc" => Some(Self::Uncached),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum DeviceError {
+    Io { step: &'static str, source: io::Error },
+    Layout(LayoutError),
+}
+
+impl fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io { step, source } => write!(f, "{step}: {source}"),
+            Self::Layout(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for DeviceError {}
+
+fn io_error(step: &'static str) -> impl FnOnce(io::Error) -> DeviceError {
+    move |source| DeviceError::Io { step, source }
+}
+
+/// A device (or file) mapped shared and read-write.
+pub struct Device {
+    base: *mut u8,
+    size: usize,
+    _file: File,
+}
+
+impl Device {
+    /// Opens and maps `path` whole, first selecting `caching` if given.
+    pub fn open(path: &str, caching: Option<Caching>) -> Result<Self, DeviceError> {
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_error("cannot open"))?;
+        let fd = file.as_raw_fd();
+        let mut info = Info::default();
+        // SAFETY: KVMSHM_IOC_INFO writes one struct kvmshm_info, which `info` is.
+        let size = if unsafe { libc::ioctl(fd, KVMSHM_IOC_INFO, &mut info) } == 0 {
+            info.size
+        } else {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOTTY) {
+                return Err(io_error("KVMSHM_IOC_INFO")(e));
+            }
+            // Not a kvmshm device: a plain file standing in for one.
+            file.metadata().map_err(io_error("cannot stat"))?.len()
+        };
+        if let Some(caching) = caching {
+            let mode = caching as u32;
+            // SAFETY: KVMSHM_IOC_SET_CACHING reads one u32, which `mode` is.
+            if unsafe { libc::ioctl(fd, KVMSHM_IOC_SET_CACHING, &mode) } != 0 {
+                return Err(io_error("KVMSHM_IOC_SET_CACHING")(io::Error::last_os_error()));
+            }
+        }
+        let too_small = LayoutError::TooSmall { what: "the header", needed: HEADER_LEN as u64, available: size };
+        let size = usize::try_from(size).ok().filter(|&s| s >= HEADER_LEN).ok_or(DeviceError::Layout(too_small))?;
+        // SAFETY: a fresh shared mapping (addr NULL) of an fd opened
+        // read-write, checked before use and unmapped only in Drop.
+        let base = unsafe {
+            libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io_error("cannot map")(io::Error::last_os_error()));
+        }
+        Ok(Self { base: base.cast(), size, _file: file })
+    }
+
+    pub fn region(&self) -> Region<'_> {
+        // SAFETY: the mapping lives until Drop, which the borrow of self
+        // outlasts, and this type makes no references into it. mmap returns
+        // page-aligned memory, and open() checked the size.
+        unsafe { Region::new(self.base, self.size) }.expect("checked in open()")
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in open(); every Region of
+        // it borrowed self, so none is left.
+        unsafe { libc::munmap(self.base.cast(), self.size) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_match_the_linux_encoding() {
+        assert_eq!(KVMSHM_IOC_INFO as u32, 0x8010_4b01);
+        assert_eq!(KVMSHM_IOC_SET_CACHING as u32, 0x4004_4b02);
+    }
+}

@@ -1,0 +1,3 @@
+//! Code shared by the guest programs.
+
+pub mod device;

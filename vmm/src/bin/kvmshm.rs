@@ -1,0 +1,116 @@
+//! kvmshm: the host's side of the shared-memory protocols, run on a VM's
+//! `--shm` backing file while the VM runs or after it stopped.
+//!
+//! Exit status: 0 success, 1 a check failed, 2 an error (bad file, no
+//! server, timeout...).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use shm_layout::host::{EchoClient, MappedFile};
+
+#[derive(Parser)]
+#[command(version, about = "Fill, check and talk to the shared memory of kvmshm guests")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what the region in FILE holds.
+    Inspect { file: PathBuf },
+    /// Fill the data area with the stream of SEED, for `kvmshm-demo verify` in the guest.
+    Fill {
+        file: PathBuf,
+        #[arg(long)]
+        seed: u64,
+        /// Format only the first SIZE bytes (K, M or G suffix allowed): the
+        /// device's size, when the file is larger than the VM's --shm size.
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+    },
+    /// Check the records of `kvmshm-demo write`: succeeds only if every
+    /// record is present exactly once and intact.
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        writers: u64,
+        #[arg(long)]
+        records: u64,
+    },
+    /// Send COUNT requests to `kvmshm-demo echo` in the guest, check every
+    /// answer, then tell it to stop.
+    Send {
+        file: PathBuf,
+        #[arg(long)]
+        count: u64,
+        /// Seconds to wait for the server to come up (the guest may be booting).
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+        /// Seconds to wait for each answer.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+}
+
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let (digits, shift) = match s.as_bytes().last() {
+        Some(b'k' | b'K') => (&s[..s.len() - 1], 10),
+        Some(b'm' | b'M') => (&s[..s.len() - 1], 20),
+        Some(b'g' | b'G') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().with_context(|| format!("bad size {s:?}"))?;
+    match n.checked_mul(1 << shift) {
+        Some(size) => Ok(size),
+        None => bail!("size {s:?} is too large"),
+    }
+}
+
+fn open(path: &Path) -> anyhow::Result<MappedFile> {
+    Ok(MappedFile::open(path)?)
+}
+
+/// Runs the command; `Ok(false)` when a check found the data wrong.
+fn run(command: Command) -> anyhow::Result<bool> {
+    match command {
+        Command::Inspect { file } => {
+            let summary = open(&file)?.inspect().with_context(|| file.display().to_string())?;
+            print!("{summary}");
+        }
+        Command::Fill { file, seed, size } => {
+            let header = open(&file)?.fill(seed, size).with_context(|| file.display().to_string())?;
+            println!("filled {} bytes at {:#x} with seed {seed}", header.area_len, header.area_offset);
+        }
+        Command::Verify { file, writers, records } => {
+            let report = open(&file)?.verify_records(writers, records).with_context(|| file.display().to_string())?;
+            println!("{report}");
+            return Ok(report.is_complete());
+        }
+        Command::Send { file, count, wait, timeout } => {
+            let mapped = open(&file)?;
+            let (wait, timeout) = (Duration::from_secs(wait), Duration::from_secs(timeout));
+            let in_file = || file.display().to_string();
+            let mut client = EchoClient::connect(mapped.region(), wait, timeout).with_context(in_file)?;
+            let stats = client.send(count).with_context(in_file)?;
+            client.stop().with_context(in_file)?;
+            println!("{stats}; server stopped");
+        }
+    }
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse().command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("kvmshm: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Loading Linux: the ELF vmlinux at its own address, the initramfs at the
+//! top of RAM, the command line and the zero page of the 64-bit boot protocol.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::{Elf, KernelLoader};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::layout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kernel {path}: {source}")]
+    KernelOpen { path: PathBuf, source: std::io::Error },
+    #[error(
+        "kernel {path}: not an ELF vmlinux ({source}); this VMM boots the uncompressed vmlinux (images/out/vmlinux), not a bzImage"
+    )]
+    KernelFormat { path: PathBuf, source: linux_loader::loader::Error },
+    #[error("initramfs {path}: {source}")]
+    InitrdOpen { path: PathBuf, source: std::io::Error },
+    #[error(
+        "initramfs {path} ({size} bytes) does not fit in guest memory above the kernel (which ends at {kernel_end:#x}); give the guest more memory with --memory"
+    )]
+    InitrdTooBig { path: PathBuf, size: u64, kernel_end: u64 },
+    #[error("writing the initramfs into guest memory: {0}")]
+    InitrdWrite(vm_memory::GuestMemoryError),
+    #[error("kernel command line: {0}")]
+    Cmdline(linux_loader::cmdline::Error),
+    #[error("writing boot data into guest memory: {0}")]
+    Write(String),
+}
+
+/// The kernel's entry point and what the zero page must say about it.
+pub struct Kernel {
+    pub entry: u64,
+    pub end: u64,
+}
+
+pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<Kernel, Error> {
+    let mut file = File::open(path).map_err(|source| Error::KernelOpen { path: path.into(), source })?;
+    let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(layout::HIGH_RAM)))
+        .map_err(|source| Error::KernelFormat { path: path.into(), source })?;
+    Ok(Kernel { entry: loaded.kernel_load.raw_value(), end: loaded.kernel_end })
+}
+
+pub struct Initrd {
+    pub addr: u64,
+    pub size: u64,
+}
+
+/// Places the initramfs page-aligned at the top of RAM, as boot loaders do.
+pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, ram_size: u64, kernel: &Kernel) -> Result<Initrd, Error> {
+    let data = std::fs::read(path).map_err(|source| Error::InitrdOpen { path: path.into(), source })?;
+    let size = data.len() as u64;
+    let too_big = || Error::InitrdTooBig { path: path.into(), size, kernel_end: kernel.end };
+    let addr = ram_size.checked_sub(size).ok_or_else(too_big)? & !0xfff;
+    // Keep a quarter of RAM above the kernel free for the kernel's own early allocations.
+    if addr < kernel.end + (ram_size - kernel.end) / 4 {
+        return Err(too_big());
+    }
+    mem.write_slice(&data, GuestAddress(addr)).map_err(Error::InitrdWrite)?;
+    Ok(Initrd { addr, size })
+}
+
+pub fn build_cmdline(parts: &[&str]) -> Result<Cmdline, Error> {
+    let mut cmdline = Cmdline::new(layout::CMDLINE_MAX).map_err(Error::Cmdline)?;
+    for part in parts.iter().filter(|p| !p.trim().is_empty()) {
+        cmdline.insert_str(part.trim()).map_err(Error::Cmdline)?;
+    }
+    Ok(cmdline)
+}
+
+#[derive(Copy, Clone, Default)]
+struct ZeroPage(boot_params);
+// SAFETY: boot_params is a plain C struct of integers (bindgen output), valid for any bit pattern.
+unsafe impl ByteValued for ZeroPage {}
+
+const E820_RAM: u32 = 1;
+const E820_RESERVED: u32 = 2;
+
+/// Writes the command line and the zero page, whose e820 map says where RAM is.
+pub fn write_boot_params(
+    mem: &GuestMemoryMmap,
+    cmdline: &Cmdline,
+    initrd: Option<&Initrd>,
+    ram_size: u64,
+) -> Result<(), Error> {
+    linux_loader::loader::load_cmdline(mem, GuestAddress(layout::CMDLINE), cmdline)
+        .map_err(|e| Error::Write(format!("command line: {e}")))?;
+    let cmdline_len = cmdline.as_cstring().map_err(Error::Cmdline)?.as_bytes().len();
+
+    let mut params = ZeroPage::default();
+    let hdr = &mut params.0.hdr;
+    hdr.boot_flag = 0xaa55;
+    hdr.header = 0x5372_6448; // "HdrS"
+    hdr.type_of_loader = 0xff;
+    hdr.cmd_line_ptr = layout::CMDLINE as u32;
+    hdr.cmdline_size = cmdline_len as u32;
+    hdr.kernel_alignment = 0x100_0000;
+    if let Some(initrd) = initrd {
+        hdr.ramdisk_image = initrd.addr as u32;
+        hdr.ramdisk_size = initrd.size as u32;
+    }
+    let e820 = [
+        (0, layout::MPTABLE, E820_RAM),
+        (layout::MPTABLE, layout::EBDA_END - layout::MPTABLE, E820_RESERVED),
+        (layout::HIGH_RAM, ram_size - layout::HIGH_RAM, E820_RAM),
+    ];
+    for (i, &(addr, size, type_)) in e820.iter().enumerate() {
+        params.0.e820_table[i] = boot_e820_entry { addr, size, r#type: type_ };
+    }
+    params.0.e820_entries = e820.len() as u8;
+    LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
+        &BootParams::new::<ZeroPage>(&params, GuestAddress(layout::ZERO_PAGE)),
+        mem,
+    )
+    .map_err(|e| Error::Write(format!("zero page: {e}")))
+}

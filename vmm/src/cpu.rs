@@ -1,0 +1,153 @@
+//! x86-64 vCPU state at boot: long mode with an identity map of the first
+//! GiB, CPUID, MSRs, FPU and the local APIC's LINT pins.
+
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::layout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("KVM {what}: {source}")]
+    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    #[error("writing the boot page tables or GDT: {0}")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+}
+
+fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
+}
+
+// Segment descriptors: 64-bit code, data, and a TSS that Intel's VM entry requires.
+const GDT: [u64; 4] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x0080_8b00_0000_0000];
+const CODE: u16 = 1;
+const DATA: u16 = 2;
+const TSS: u16 = 3;
+
+fn segment(index: u16) -> kvm_segment {
+    let d = GDT[usize::from(index)];
+    kvm_segment {
+        base: 0,
+        limit: if d & (1 << 55) != 0 { 0xffff_ffff } else { 0xffff },
+        selector: index * 8,
+        type_: ((d >> 40) & 0xf) as u8,
+        present: ((d >> 47) & 1) as u8,
+        dpl: ((d >> 45) & 3) as u8,
+        db: ((d >> 54) & 1) as u8,
+        s: ((d >> 44) & 1) as u8,
+        l: ((d >> 53) & 1) as u8,
+        g: ((d >> 55) & 1) as u8,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+const CR0_PE: u64 = 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+/// Puts the vCPU in 64-bit mode at `entry` with RSI = `rsi`, paging on and
+/// the first GiB identity-mapped with 2 MiB pages.
+pub fn setup_long_mode(mem: &GuestMemoryMmap, vcpu: &VcpuFd, entry: u64, rsi: u64) -> Result<(), Error> {
+    for (i, d) in GDT.iter().enumerate() {
+        mem.write_obj(*d, GuestAddress(layout::BOOT_GDT + i as u64 * 8))?;
+    }
+    mem.write_obj(0u64, GuestAddress(layout::BOOT_IDT))?;
+    mem.write_obj(layout::PDPT | 3, GuestAddress(layout::PML4))?;
+    mem.write_obj(layout::PD | 3, GuestAddress(layout::PDPT))?;
+    for i in 0..512u64 {
+        mem.write_obj((i << 21) | 0x83, GuestAddress(layout::PD + i * 8))?;
+    }
+
+    let mut sregs = vcpu.get_sregs().map_err(kvm("get sregs"))?;
+    sregs.gdt.base = layout::BOOT_GDT;
+    sregs.gdt.limit = (GDT.len() * 8 - 1) as u16;
+    sregs.idt.base = layout::BOOT_IDT;
+    sregs.idt.limit = 7;
+    sregs.cs = segment(CODE);
+    let data = segment(DATA);
+    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+    sregs.tr = segment(TSS);
+    sregs.cr3 = layout::PML4;
+    sregs.cr4 |= CR4_PAE;
+    sregs.cr0 |= CR0_PE | CR0_ET | CR0_NE | CR0_PG;
+    sregs.efer |= EFER_LME | EFER_LMA;
+    vcpu.set_sregs(&sregs).map_err(kvm("set sregs"))?;
+
+    let regs = kvm_regs { rip: entry, rsi, rsp: layout::BOOT_STACK, rbp: layout::BOOT_STACK, rflags: 2, ..Default::default() };
+    vcpu.set_regs(&regs).map_err(kvm("set regs"))?;
+    Ok(())
+}
+
+/// The CPUID KVM supports, with what a VMM adds: this vCPU's APIC ID and
+/// the hypervisor bit (so the guest looks for kvm-clock).
+pub fn cpuid(kvm_fd: &Kvm, vcpu_id: u8) -> Result<CpuId, Error> {
+    let mut cpuid = kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("get supported CPUID"))?;
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0x00ff_ffff) | (u32::from(vcpu_id) << 24);
+                e.ecx |= 1 << 31;
+            }
+            0xb | 0x1f => e.edx = u32::from(vcpu_id),
+            _ => {}
+        }
+    }
+    Ok(cpuid)
+}
+
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+/// MTRRs enabled with write-back as the default type, as firmware leaves
+/// them: with MTRRs disabled all memory would be uncached to a guest that
+/// honours them, and the guest needs MTRRs on for PAT (write-combining).
+const MTRR_ENABLED_DEFAULT_WB: u64 = (1 << 11) | 6;
+
+pub fn setup(kvm_fd: &Kvm, vcpu: &VcpuFd, vcpu_id: u8) -> Result<(), Error> {
+    vcpu.set_cpuid2(&cpuid(kvm_fd, vcpu_id)?).map_err(kvm("set CPUID"))?;
+    let msr = |index, data| kvm_msr_entry { index, data, ..Default::default() };
+    let msrs = Msrs::from_entries(&[
+        msr(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        msr(MSR_MTRR_DEF_TYPE, MTRR_ENABLED_DEFAULT_WB),
+    ])
+    .expect("two MSRs fit");
+    vcpu.set_msrs(&msrs).map_err(kvm("set MSRs"))?;
+    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    vcpu.set_fpu(&fpu).map_err(kvm("set FPU"))?;
+    setup_lint(vcpu)
+}
+
+/// LINT0 as ExtINT (the PIC's virtual wire), LINT1 as NMI, as firmware leaves them.
+fn setup_lint(vcpu: &VcpuFd) -> Result<(), Error> {
+    const APIC_LVT0: usize = 0x350;
+    const APIC_LVT1: usize = 0x360;
+    const MODE_EXTINT: u32 = 0x7 << 8;
+    const MODE_NMI: u32 = 0x4 << 8;
+    let mut lapic = vcpu.get_lapic().map_err(kvm("get LAPIC"))?;
+    for (reg, mode) in [(APIC_LVT0, MODE_EXTINT), (APIC_LVT1, MODE_NMI)] {
+        let bytes: &mut [u8] = bytemuck_regs(&mut lapic.regs[reg..reg + 4]);
+        let value = u32::from_le_bytes(bytes.try_into().unwrap());
+        bytes.copy_from_slice(&((value & !0x700) | mode).to_le_bytes());
+    }
+    vcpu.set_lapic(&lapic).map_err(kvm("set LAPIC"))?;
+    Ok(())
+}
+
+fn bytemuck_regs(regs: &mut [std::os::raw::c_char]) -> &mut [u8] {
+    // SAFETY: c_char and u8 have the same size and alignment, and every bit
+    // pattern is valid for both.
+    unsafe { std::slice::from_raw_parts_mut(regs.as_mut_ptr().cast(), regs.len()) }
+}
+
+/// The guest's physical address width, from CPUID leaf 0x80000008 (36 bits if absent).
+pub fn phys_address_bits(kvm_fd: &Kvm) -> Result<u8, Error> {
+    let cpuid = kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("get supported CPUID"))?;
+    Ok(cpuid.as_slice().iter().find(|e| e.function == 0x8000_0008).map_or(36, |e| (e.eax & 0xff) as u8))
+}

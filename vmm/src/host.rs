@@ -1,0 +1,118 @@
+//! What this host's KVM does with guest kernel code, found by running a few
+//! instructions at CPL0 in a throw-away VM rather than guessed.
+//!
+//! On KVM without hardware virtualisation (a nested "PVM" KVM) guest kernel
+//! code runs in KVM's instruction emulator: about 1 us an instruction, and
+//! some instructions (popcnt, xsave, cmpxchg16b, SMAP's clac/stac, int3...)
+//! stop the guest with an emulation failure. The guest kernel then needs
+//! command-line flags that keep it off those instructions.
+
+use std::time::Instant;
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VcpuExit};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::cpu;
+
+/// The flags that keep Linux off the instructions the emulator lacks, and
+/// skip its INT3 self-test (see images/patches/).
+pub const EMULATED_KERNEL_CMDLINE: &str = "noxsave clearcpuid=popcnt,cx16,smap,fsgsbase,rdrand,rdseed,rdpid,pku,ssse3,sse4_1,sse4_2,sha_ni,aes,pclmulqdq,avx,avx2,bmi1,bmi2,erms,fsrm,rep_good no_int3_selftest";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("probe VM: {0}")]
+    Kvm(#[from] kvm_ioctls::Error),
+    #[error("probe VM: {0}")]
+    Cpu(#[from] cpu::Error),
+    #[error("probe VM memory: {0}")]
+    Memory(String),
+    #[error("probe VM: unexpected exit {0}")]
+    Exit(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HostKvm {
+    /// Time per guest instruction at CPL0, measured over a loop.
+    pub kernel_ns_per_instruction: f64,
+    /// Whether `popcnt` at CPL0 stopped the probe with an emulation failure.
+    pub kernel_popcnt_fails: bool,
+}
+
+/// Hardware runs a loop iteration in about a nanosecond; the emulator in about
+/// a microsecond. The threshold sits well between the two.
+const EMULATED_NS_PER_INSTRUCTION: f64 = 50.0;
+
+impl HostKvm {
+    pub fn kernel_code_emulated(&self) -> bool {
+        self.kernel_popcnt_fails || self.kernel_ns_per_instruction > EMULATED_NS_PER_INSTRUCTION
+    }
+
+    /// What the guest command line needs on this host: nothing on an
+    /// ordinary KVM host.
+    pub fn guest_cmdline(&self) -> &'static str {
+        if self.kernel_code_emulated() { EMULATED_KERNEL_CMDLINE } else { "" }
+    }
+}
+
+const CODE: u64 = 0x1000;
+const LOOP_ITERATIONS: u32 = 20_000;
+const POPCNT: u64 = 0x1010;
+
+pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
+    let vm = kvm.create_vm()?;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).map_err(|e| Error::Memory(e.to_string()))?;
+    let region = mem.iter().next().expect("one region");
+    let slot = kvm_userspace_memory_region {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size: region.len(),
+        userspace_addr: region.get_host_address(MemoryRegionAddress(0)).map_err(|e| Error::Memory(e.to_string()))? as u64,
+        flags: 0,
+    };
+    // SAFETY: the region stays mapped for as long as `mem`, which outlives `vm` here.
+    unsafe { vm.set_user_memory_region(slot)? };
+    let mut code = vec![0xb9];
+    code.extend_from_slice(&LOOP_ITERATIONS.to_le_bytes()); // mov ecx, N
+    code.extend_from_slice(&[0xff, 0xc9, 0x75, 0xfc, 0xf4]); // 1: dec ecx; jnz 1b; hlt
+    mem.write_slice(&code, GuestAddress(CODE)).map_err(|e| Error::Memory(e.to_string()))?;
+    // popcnt rax, rbx; hlt
+    mem.write_slice(&[0xf3, 0x48, 0x0f, 0xb8, 0xc3, 0xf4], GuestAddress(POPCNT))
+        .map_err(|e| Error::Memory(e.to_string()))?;
+
+    let mut vcpu = vm.create_vcpu(0)?;
+    cpu::setup_long_mode(&mem, &vcpu, CODE, 0)?;
+    let start = Instant::now();
+    match vcpu.run()? {
+        VcpuExit::Hlt => {}
+        other => return Err(Error::Exit(format!("{other:?} in the timing loop"))),
+    }
+    let ns = start.elapsed().as_nanos() as f64 / f64::from(2 * LOOP_ITERATIONS);
+
+    let mut regs = vcpu.get_regs()?;
+    regs.rip = POPCNT;
+    vcpu.set_regs(&regs)?;
+    let popcnt_fails = match vcpu.run()? {
+        VcpuExit::Hlt => false,
+        VcpuExit::InternalError => true,
+        other => return Err(Error::Exit(format!("{other:?} after popcnt"))),
+    };
+    drop(vm);
+    drop(mem);
+    Ok(HostKvm { kernel_ns_per_instruction: ns, kernel_popcnt_fails: popcnt_fails })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_flags_only_where_kernel_code_is_emulated() {
+        let native = HostKvm { kernel_ns_per_instruction: 1.0, kernel_popcnt_fails: false };
+        assert_eq!(native.guest_cmdline(), "");
+        let slow = HostKvm { kernel_ns_per_instruction: 900.0, kernel_popcnt_fails: false };
+        assert_eq!(slow.guest_cmdline(), EMULATED_KERNEL_CMDLINE);
+        let gap = HostKvm { kernel_ns_per_instruction: 1.0, kernel_popcnt_fails: true };
+        assert!(gap.kernel_code_emulated());
+    }
+}

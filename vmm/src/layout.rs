@@ -1,0 +1,34 @@
+//! The guest physical address map.
+//!
+//! ```text
+//! 0x0000_0500  boot GDT                0x0000_7000  zero page (boot_params)
+//! 0x0000_8ff0  boot stack (grows down) 0x0000_9000  boot page tables (PML4, PDPT, PD)
+//! 0x0002_0000  kernel command line     0x0009_fc00  MP table (reserved in the e820 map)
+//! 0x0010_0000  RAM above 1 MiB: kernel at its ELF address, initramfs at the top of RAM
+//! 0xc000_0000  32-bit PCI window: BAR0 of each ivshmem device
+//! 0xfec0_0000  IOAPIC                  0xfee0_0000  local APIC
+//! 4 GiB..      64-bit PCI window: BAR2 (shared memory) of each ivshmem device
+//! ```
+
+pub const BOOT_GDT: u64 = 0x500;
+pub const BOOT_IDT: u64 = 0x520;
+pub const ZERO_PAGE: u64 = 0x7000;
+pub const BOOT_STACK: u64 = 0x8ff0;
+pub const PML4: u64 = 0x9000;
+pub const PDPT: u64 = 0xa000;
+pub const PD: u64 = 0xb000;
+pub const CMDLINE: u64 = 0x20000;
+pub const CMDLINE_MAX: usize = 0x10000;
+pub const MPTABLE: u64 = 0x9fc00;
+pub const EBDA_END: u64 = 0xa0000;
+pub const HIGH_RAM: u64 = 0x10_0000;
+
+/// RAM ends below the 32-bit PCI window.
+pub const MAX_RAM: u64 = PCI_MMIO32_START;
+/// The kernel needs room for itself, its page tables and the initramfs.
+pub const MIN_RAM: u64 = 32 << 20;
+
+pub const PCI_MMIO32_START: u64 = 0xc000_0000;
+pub const PCI_MMIO32_END: u64 = IOAPIC;
+pub const IOAPIC: u64 = 0xfec0_0000;
+pub const PCI_MMIO64_START: u64 = 1 << 32;
