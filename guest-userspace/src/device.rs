@@ -80,7 +80,7 @@ fn io_error(step: &'static str) -> impl FnOnce(io::Error) -> DeviceError {
 pub struct Device {
     base: *mut u8,
     size: usize,
-    _file: File,
+    file: File,
 }
 
 impl Device {
@@ -117,7 +117,21 @@ impl Device {
         if base == libc::MAP_FAILED {
             return Err(io_error("cannot map")(io::Error::last_os_error()));
         }
-        Ok(Self { base: base.cast(), size, _file: file })
+        Ok(Self { base: base.cast(), size, file })
+    }
+
+    /// The open device, for system calls other than the mapping.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// A private copy of every byte of the region.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut copy = vec![0; self.size];
+        // SAFETY: the mapping is `size` bytes and lives as long as self;
+        // `copy` is private memory of the same length.
+        unsafe { std::ptr::copy_nonoverlapping(self.base, copy.as_mut_ptr(), self.size) };
+        copy
     }
 
     pub fn region(&self) -> Region<'_> {

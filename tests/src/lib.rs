@@ -142,3 +142,38 @@ pub fn initrd_with(scratch: &Scratch, files: &[(&str, &Path)]) -> PathBuf {
     std::fs::write(&path, initrd).unwrap();
     path
 }
+
+/// Runs the host tool `kvmshm` and returns its status and output.
+pub fn kvmshm(args: &[&str]) -> VmResult {
+    VmResult::from_output(Command::new(host_binary("kvmshm")).args(args).output().expect("start kvmshm"))
+}
+
+/// Runs `kvmshm` with `args` while `vm` runs. If the VM ends first, the
+/// command is stopped and the test fails with what the VM printed: a guest
+/// that died must not leave the host waiting for it.
+pub fn kvmshm_beside_vm(vm: &mut Child, args: &[&str]) -> VmResult {
+    let mut tool = Command::new(host_binary("kvmshm"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kvmshm");
+    loop {
+        if tool.try_wait().expect("wait for kvmshm").is_some() {
+            return VmResult::from_output(tool.wait_with_output().expect("kvmshm output"));
+        }
+        if vm.try_wait().expect("wait for the VMM").is_some() {
+            let _ = tool.kill();
+            let tool = VmResult::from_output(tool.wait_with_output().expect("kvmshm output"));
+            let vm = VmResult::from_output(take_child(vm).wait_with_output().expect("VMM output"));
+            panic!("the VM ended while `kvmshm {}` ran\nVM: {}\nkvmshm: {}", args.join(" "), vm.transcript(), tool.transcript());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Moves the pipes out of a finished child so that its output can be read.
+fn take_child(child: &mut Child) -> Child {
+    let placeholder = Command::new("true").spawn().expect("spawn true");
+    std::mem::replace(child, placeholder)
+}

@@ -44,3 +44,52 @@ fn initramfs_that_does_not_fit() {
     assert_eq!(code, Some(125));
     assert!(err.contains("does not fit in guest memory"), "{err}");
 }
+
+/// Runs the VMM with one `--shm` option; it must fail before the guest starts.
+fn vmm_with_shm(shm: &str) -> (Option<i32>, String) {
+    let kernel = image_file("vmlinux");
+    let initrd = image_file("initramfs.cpio");
+    vmm(&["--kernel", kernel.to_str().unwrap(), "--initrd", initrd.to_str().unwrap(), "--shm", shm])
+}
+
+#[test]
+fn shm_size_that_is_not_a_power_of_two() {
+    let scratch = Scratch::new("shm-size");
+    let file = scratch.path("shm");
+    let (code, err) = vmm_with_shm(&format!("path={},size=3M", file.display()));
+    assert_ne!(code, Some(0));
+    assert!(err.contains("not a power of two"), "{err}");
+    assert!(!file.exists(), "nothing is created for a bad option");
+}
+
+#[test]
+fn shm_file_shorter_than_the_size_is_left_untouched() {
+    let scratch = Scratch::new("shm-short");
+    let file = scratch.path("shm");
+    let content: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    std::fs::write(&file, &content).unwrap();
+    let (code, err) = vmm_with_shm(&format!("path={},size=1M", file.display()));
+    assert_eq!(code, Some(125));
+    assert!(err.contains("the file is 5000 bytes, shorter than the requested size 1048576; it was left untouched"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), content);
+}
+
+#[test]
+fn shm_path_that_cannot_be_opened() {
+    let (code, err) = vmm_with_shm("path=/nonexistent-dir/shm,size=1M");
+    assert_eq!(code, Some(125));
+    assert!(err.contains("/nonexistent-dir/shm: cannot open: No such file or directory"), "{err}");
+}
+
+#[test]
+fn shm_file_is_created_with_mode_0600_and_sized() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("shm-create");
+    let file = scratch.path("shm");
+    // A kernel that is not ELF stops the VMM after the shared files are set up.
+    let initrd = image_file("initramfs.cpio");
+    let _ = vmm(&["--kernel", initrd.to_str().unwrap(), "--shm", &format!("path={},size=64K", file.display())]);
+    let meta = std::fs::metadata(&file).expect("the missing file was created");
+    assert_eq!(meta.len(), 64 << 10);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}

@@ -101,7 +101,6 @@ pub struct Vm {
     shm: Vec<Shm>,
     report: Arc<Mutex<GuestReport>>,
     serial: Arc<Mutex<SerialPort<ConsoleOutput<std::io::Stdout>>>>,
-    int3_injections: u32,
     profiler: Option<Profiler>,
 }
 
@@ -178,7 +177,6 @@ impl Vm {
             shm: Vec::new(),
             report,
             serial,
-            int3_injections: 0,
             profiler: None,
         };
         vm.add_shm_devices(config, files)?;
@@ -398,30 +396,53 @@ impl Vm {
         self.report.lock().unwrap().panic.clone().map(Error::GuestPanic)
     }
 
-    /// KVM's emulator cannot execute INT3 in a 64-bit guest kernel. Linux's
-    /// boot self-test uses it on purpose; injecting the #BP that INT3 would
-    /// have raised lets such kernels boot here. Anything else is fatal.
+    /// Finishes the instructions that KVM's emulator cannot execute where
+    /// guest kernel code runs in it; anything else is fatal.
+    /// - INT3 (Linux's boot self-test uses it on purpose): inject the #BP it
+    ///   would have raised.
+    /// - FWAIT (Linux runs it when a task that owns the FPU exits, to flush
+    ///   delayed x87 exceptions): raise #MF if an unmasked x87 exception is
+    ///   pending, as the CPU would, else step over it.
     fn handle_internal_error(&mut self) -> Result<(), Error> {
         const EMULATION: u32 = kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
+        const BP: u32 = 3;
+        const MF: u32 = 16;
         // SAFETY: after an InternalError exit, the `internal` member of the
         // kvm_run union is the one KVM filled in.
         let suberror = unsafe { self.vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
         let mut regs = self.vcpu.get_regs().map_err(kvm("get regs"))?;
         let bytes = self.instruction_bytes(regs.rip);
-        if suberror == EMULATION && bytes.first() == Some(&0xcc) && self.int3_injections < 16 {
-            self.int3_injections += 1;
-            debug!("injecting #BP for INT3 at {:#x}", regs.rip);
-            regs.rip += 1;
-            self.vcpu.set_regs(&regs).map_err(kvm("set regs"))?;
+        let fault = match (suberror, bytes.first()) {
+            (EMULATION, Some(0xcc)) => {
+                regs.rip += 1;
+                Some(BP)
+            }
+            (EMULATION, Some(0x9b)) => {
+                let fpu = self.vcpu.get_fpu().map_err(kvm("get FPU"))?;
+                const X87_EXCEPTIONS: u16 = 0x3f;
+                if fpu.fsw & !fpu.fcw & X87_EXCEPTIONS != 0 {
+                    Some(MF)
+                } else {
+                    regs.rip += 1;
+                    None
+                }
+            }
+            _ => {
+                let bytes = bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+                let bytes = if bytes.is_empty() { "unreadable".into() } else { bytes };
+                return Err(Error::EmulationFailure { rip: regs.rip, bytes, suberror });
+            }
+        };
+        debug!("finished {:#04x} at {:#x} for KVM's emulator (exception {fault:?})", bytes[0], regs.rip);
+        self.vcpu.set_regs(&regs).map_err(kvm("set regs"))?;
+        if let Some(nr) = fault {
             let mut events = self.vcpu.get_vcpu_events().map_err(kvm("get vCPU events"))?;
             events.exception.injected = 1;
-            events.exception.nr = 3;
+            events.exception.nr = nr as u8;
             events.exception.has_error_code = 0;
-            self.vcpu.set_vcpu_events(&events).map_err(kvm("inject #BP"))?;
-            return Ok(());
+            self.vcpu.set_vcpu_events(&events).map_err(kvm("inject an exception"))?;
         }
-        let bytes = bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
-        Err(Error::EmulationFailure { rip: regs.rip, bytes: if bytes.is_empty() { "unreadable".into() } else { bytes }, suberror })
+        Ok(())
     }
 
     fn instruction_bytes(&self, rip: u64) -> Vec<u8> {

@@ -20,6 +20,8 @@ use std::process::Command;
 const DRIVER: &str = "/lib/kvmshm.ko";
 /// Read by the VMM (vmm/src/console.rs); keep the two in step.
 const EXIT_MARKER: &str = "kvmshm-init: exit status ";
+/// The first line user space prints: boot benchmarks time the boot to it.
+const START_MARKER: &str = "kvmshm-init: started";
 
 fn mount(source: &str, target: &str, fstype: &str) {
     let c = |s: &str| CString::new(s).expect("no NUL in mount arguments");
@@ -66,6 +68,7 @@ fn power_off() -> ! {
 }
 
 fn main() {
+    println!("{START_MARKER}");
     mount("devtmpfs", "/dev", "devtmpfs");
     mount("proc", "/proc", "proc");
     mount("sysfs", "/sys", "sysfs");

@@ -2,11 +2,18 @@
 //!
 //! Every system call is slow in a guest whose kernel code is emulated, so
 //! the device is mapped once and the work is plain loads and stores: no
-//! system calls in loops, one line of output per run.
+//! system calls in loops, one line of output per command.
+//!
+//! Several commands can run in one invocation, separated by `::`, so that
+//! one boot of the guest runs several checks; they run in order and the
+//! first that fails ends the run with its status.
 //!
 //! Exit status: 0 success, 1 a check or a writer failed, 2 a bad argument,
 //! a missing device or a region too small for the request.
 
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::process::exit;
 use std::time::Instant;
 
@@ -15,14 +22,17 @@ use shm_layout::echo::Mailbox;
 use shm_layout::fill;
 use shm_layout::records::{RECORD_LEN, Records};
 
-const USAGE: &str = "usage: kvmshm-demo [--device PATH] [--caching wb|wc|uc] \
-    write --procs N --records M [--seed S] | check-records --procs N --records M | verify --seed S | echo";
+const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
+    [--device PATH] [--caching wb|wc|uc] followed by one of: \
+    write --procs N --records M [--seed S] [--spin K] | check-records --procs N --records M | \
+    verify --seed S | echo | check-api; --name=VALUE works as well as --name VALUE";
 
 enum Command {
-    Write { procs: u64, records: u64, seed: u64 },
+    Write { procs: u64, records: u64, seed: u64, spin: u64 },
     CheckRecords { procs: u64, records: u64 },
     Verify { seed: u64 },
     Echo,
+    CheckApi,
 }
 
 struct Invocation {
@@ -36,11 +46,17 @@ fn fail(status: i32, message: &str) -> ! {
     exit(status)
 }
 
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Invocation, String> {
+/// Options are `--name VALUE` or `--name=VALUE`: the second form halves the
+/// words, and Linux hands init at most 32 words on its command line.
+fn parse(args: &[String]) -> Result<Invocation, String> {
+    let mut args = args.iter().flat_map(|arg| match arg.split_once('=') {
+        Some((name, value)) if name.starts_with("--") => vec![name.to_string(), value.to_string()],
+        _ => vec![arg.clone()],
+    });
     let mut device = String::from("/dev/kvmshm0");
     let mut caching = None;
     let command = loop {
-        let arg = args.next().ok_or("no subcommand")?;
+        let arg = args.next().ok_or("no command")?;
         match arg.as_str() {
             "--device" => device = args.next().ok_or("--device needs a path")?,
             "--caching" => {
@@ -53,12 +69,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Invocation, String> {
     let required = |value: Option<u64>, name: &str| value.ok_or(format!("{command} needs {name}"));
     let command = match command.as_str() {
         "write" => {
-            let [procs, records, seed] = numbers(args, ["--procs", "--records", "--seed"])?;
+            let [procs, records, seed, spin] = numbers(args, ["--procs", "--records", "--seed", "--spin"])?;
             let procs = required(procs, "--procs")?;
             if procs == 0 {
                 return Err("--procs must be at least 1".into());
             }
-            Command::Write { procs, records: required(records, "--records")?, seed: seed.unwrap_or(0) }
+            let records = required(records, "--records")?;
+            Command::Write { procs, records, seed: seed.unwrap_or(0), spin: spin.unwrap_or(0) }
         }
         "check-records" => {
             let [procs, records] = numbers(args, ["--procs", "--records"])?;
@@ -72,7 +89,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Invocation, String> {
             numbers(args, [])?;
             Command::Echo
         }
-        other => return Err(format!("unknown subcommand {other:?}")),
+        "check-api" => {
+            numbers(args, [])?;
+            Command::CheckApi
+        }
+        other => return Err(format!("unknown command {other:?}")),
     };
     Ok(Invocation { device, caching, command })
 }
@@ -92,21 +113,33 @@ fn numbers<const N: usize>(
 }
 
 fn main() {
-    let args = std::env::args_os().skip(1).map(|a| a.into_string().unwrap_or_default());
-    let inv = parse(args).unwrap_or_else(|e| fail(2, &format!("{e}; {USAGE}")));
-    let path = &inv.device;
-    let device = Device::open(path, inv.caching).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
-    let status = match inv.command {
-        Command::Write { procs, records, seed } => write(&device, path, procs, records, seed),
-        Command::CheckRecords { procs, records } => check_records(&device, path, procs, records),
-        Command::Verify { seed } => verify(&device, path, seed),
-        Command::Echo => echo(&device, path),
-    };
-    exit(status)
+    let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.into_string().unwrap_or_default()).collect();
+    // Every command is parsed before the first runs: a typo in the last one
+    // must not cost a whole run.
+    let invocations: Vec<Invocation> = args
+        .split(|a| a == "::")
+        .map(|words| parse(words).unwrap_or_else(|e| fail(2, &format!("{e}; {USAGE}"))))
+        .collect();
+    for inv in invocations {
+        let path = &inv.device;
+        let device = Device::open(path, inv.caching).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
+        let status = match inv.command {
+            Command::Write { procs, records, seed, spin } => write(&device, path, procs, records, seed, spin),
+            Command::CheckRecords { procs, records } => check_records(&device, path, procs, records),
+            Command::Verify { seed } => verify(&device, path, seed),
+            Command::Echo => echo(&device, path),
+            Command::CheckApi => check_api(&device, path),
+        };
+        if status != 0 {
+            exit(status);
+        }
+    }
 }
 
 /// Formats the region and forks one writer process per block.
-fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64) -> i32 {
+/// `spin` busy-waits that many loop turns after each record (no system
+/// call), to make a run last long enough to be interrupted.
+fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin: u64) -> i32 {
     let area = Records::format(device.region(), procs, records, seed)
         .unwrap_or_else(|e| fail(2, &format!("{path}: {procs} x {records} records: {e}")));
     let start = Instant::now();
@@ -124,7 +157,11 @@ fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64) -> i3
             }
             0 => {
                 let mut writer = area.writer(w);
-                while writer.append() {}
+                while writer.append() {
+                    (0..spin).for_each(|i| {
+                        std::hint::black_box(i);
+                    });
+                }
                 // SAFETY: ends the child at once, as above.
                 unsafe { libc::_exit(0) }
             }
@@ -176,4 +213,74 @@ fn echo(device: &Device, path: &str) -> i32 {
         }
         Err(e) => fail(1, &format!("echo: {e}")),
     }
+}
+
+/// The driver's interface beyond the mapping: bad `mmap()` requests fail
+/// with EINVAL and change nothing, and `pread`/`pwrite` reach the same bytes
+/// as the mapping.
+fn check_api(device: &Device, path: &str) -> i32 {
+    let size = device.region().size();
+    let page = 4096;
+    let fd = device.file().as_raw_fd();
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let before = device.snapshot();
+    let bad: [(&str, usize, i32, i64); 6] = [
+        ("MAP_PRIVATE", page, libc::MAP_PRIVATE, 0),
+        ("length past the end", size + page, libc::MAP_SHARED, 0),
+        ("offset at the end", page, libc::MAP_SHARED, size as i64),
+        ("offset + length past the end", 2 * page, libc::MAP_SHARED, (size - page) as i64),
+        ("offset not page aligned", page, libc::MAP_SHARED, 8),
+        ("length 0", 0, libc::MAP_SHARED, 0),
+    ];
+    let mut failures = 0;
+    for (what, len, flags, offset) in bad {
+        // SAFETY: a fresh mapping at an address of the kernel's choosing; if
+        // it is made against expectation it is unmapped at once.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, rw, flags, fd, offset) };
+        let err = io::Error::last_os_error();
+        if p != libc::MAP_FAILED {
+            // SAFETY: the mapping just made, not used.
+            unsafe { libc::munmap(p, len) };
+            eprintln!("kvmshm-demo: {path}: mmap with {what} succeeded; it must fail with EINVAL");
+            failures += 1;
+        } else if err.raw_os_error() != Some(libc::EINVAL) {
+            eprintln!("kvmshm-demo: {path}: mmap with {what} failed with {err}, not EINVAL");
+            failures += 1;
+        }
+    }
+    if device.snapshot() != before {
+        eprintln!("kvmshm-demo: {path}: the region changed during the refused mmap calls");
+        failures += 1;
+    }
+    failures += check_file_io(device, path);
+    println!("check-api: {} bad mmap requests refused with EINVAL, region unchanged, pread/pwrite agree with the mapping: {}",
+        bad.len(), if failures == 0 { "OK" } else { "FAILED" });
+    if failures == 0 { 0 } else { 1 }
+}
+
+/// pwrite lands where the mapping sees it and pread returns what the mapping
+/// holds, at an offset in the last page; the bytes are restored afterwards.
+fn check_file_io(device: &Device, path: &str) -> usize {
+    let region = device.snapshot();
+    let offset = region.len() - 100;
+    let original = &region[offset..offset + 64];
+    let probe: Vec<u8> = original.iter().map(|b| !b).collect();
+    let mut failures = 0;
+    let mut check = |what: &str, ok: io::Result<bool>| match ok {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("kvmshm-demo: {path}: {what} disagrees with the mapping");
+            failures += 1;
+        }
+        Err(e) => {
+            eprintln!("kvmshm-demo: {path}: {what}: {e}");
+            failures += 1;
+        }
+    };
+    let file = device.file();
+    check("pwrite", file.write_all_at(&probe, offset as u64).map(|()| device.snapshot()[offset..offset + 64] == probe));
+    let mut back = vec![0; 64];
+    check("pread", file.read_exact_at(&mut back, offset as u64).map(|()| back == probe));
+    check("restoring pwrite", file.write_all_at(original, offset as u64).map(|()| device.snapshot() == region));
+    failures
 }

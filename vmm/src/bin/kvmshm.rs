@@ -43,7 +43,7 @@ enum Command {
         records: u64,
     },
     /// Send COUNT requests to `kvmshm-demo echo` in the guest, check every
-    /// answer, then tell it to stop.
+    /// answer, then tell it to stop (unless --keep-serving).
     Send {
         file: PathBuf,
         #[arg(long)]
@@ -54,6 +54,9 @@ enum Command {
         /// Seconds to wait for each answer.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
+        /// Leave the server running, for more requests later.
+        #[arg(long)]
+        keep_serving: bool,
     },
 }
 
@@ -91,14 +94,18 @@ fn run(command: Command) -> anyhow::Result<bool> {
             println!("{report}");
             return Ok(report.is_complete());
         }
-        Command::Send { file, count, wait, timeout } => {
+        Command::Send { file, count, wait, timeout, keep_serving } => {
             let mapped = open(&file)?;
             let (wait, timeout) = (Duration::from_secs(wait), Duration::from_secs(timeout));
             let in_file = || file.display().to_string();
             let mut client = EchoClient::connect(mapped.region(), wait, timeout).with_context(in_file)?;
             let stats = client.send(count).with_context(in_file)?;
-            client.stop().with_context(in_file)?;
-            println!("{stats}; server stopped");
+            if keep_serving {
+                println!("{stats}; server still serving");
+            } else {
+                client.stop().with_context(in_file)?;
+                println!("{stats}; server stopped");
+            }
         }
     }
     Ok(true)

@@ -1,0 +1,133 @@
+//! Issues 4 and 5: host files shared with guest processes through the
+//! ivshmem device and the guest driver, checked byte for byte on the host,
+//! live and after the VM has ended. One boot runs several checks
+//! (`kvmshm-demo` runs commands separated by `::`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kvmshm_tests::{kvmshm, kvmshm_beside_vm, spawn_vm, Scratch, VmResult};
+use shm_layout::host::MappedFile;
+
+const MIB: u64 = 1 << 20;
+
+fn shm(path: &Path, size: &str, id: u32) -> String {
+    format!("path={},size={size},id={id}", path.display())
+}
+
+fn new_file(path: &Path, size: u64) {
+    std::fs::File::create(path).unwrap().set_len(size).unwrap();
+}
+
+fn ok(out: VmResult) -> VmResult {
+    assert_eq!(out.code, Some(0), "{}", out.transcript());
+    out
+}
+
+#[test]
+fn both_directions_on_two_devices_live_and_after_exit() {
+    let scratch = Scratch::new("exchange");
+    let (big, small, mailbox) = (scratch.path("big"), scratch.path("small"), scratch.path("echo"));
+    new_file(&big, 16 * MIB);
+    new_file(&small, 2 * MIB);
+    new_file(&mailbox, 64 << 10);
+    ok(kvmshm(&["fill", big.to_str().unwrap(), "--seed", "11"]));
+    ok(kvmshm(&["fill", small.to_str().unwrap(), "--seed", "22"]));
+
+    // Host→guest on both devices, the driver's API checks, then guest→host
+    // on both (4 x 10,000 and 2 x 1,000 records), then the echo server.
+    // (`--name=value` keeps the words within Linux's 32 for init.)
+    let run = "/bin/kvmshm-demo -- \
+        verify --seed=11 :: --device=/dev/kvmshm1 verify --seed=22 :: \
+        --device=/dev/kvmshm1 check-api :: \
+        write --procs=4 --records=10000 --seed=5 :: \
+        --device=/dev/kvmshm1 write --procs=2 --records=1000 --seed=6 :: \
+        --device=/dev/kvmshm2 echo";
+    let shm_big = shm(&big, "16M", 0);
+    let shm_small = shm(&small, "2M", 1);
+    let shm_echo = shm(&mailbox, "64K", 2);
+    let mut vm = spawn_vm(run, &["--shm", &shm_big, "--shm", &shm_small, "--shm", &shm_echo]);
+
+    // The echo server starts after the writers are done; while it serves,
+    // the VM runs and the host reads the guest's records from its own
+    // mapping of the files, without any restart.
+    let echo = kvmshm_beside_vm(&mut vm, &["send", mailbox.to_str().unwrap(), "--count", "1000", "--wait", "600", "--keep-serving"]);
+    if echo.code != Some(0) {
+        let _ = vm.kill();
+        panic!("echo failed: {}\nVM: {}", echo.transcript(), VmResult::from_output(vm.wait_with_output().unwrap()).transcript());
+    }
+    assert!(echo.console.starts_with("1000 requests"), "{}", echo.transcript());
+    assert!(vm.try_wait().unwrap().is_none(), "the VM is still running while the host checks");
+    let live = ok(kvmshm(&["verify", big.to_str().unwrap(), "--writers", "4", "--records", "10000"]));
+    assert!(live.console.contains("all 40000 records intact, each exactly once"), "{}", live.transcript());
+    assert!(vm.try_wait().unwrap().is_none(), "the VM is still running after the live check");
+    ok(kvmshm(&["send", mailbox.to_str().unwrap(), "--count", "1", "--wait", "10"]));
+
+    let out = VmResult::from_output(vm.wait_with_output().unwrap());
+    assert_eq!(out.code, Some(0), "{}", out.transcript());
+    for line in [
+        "verify: OK: all 16773120 bytes match",
+        "verify: OK: all 2093056 bytes match",
+        "check-api: 6 bad mmap requests refused with EINVAL, region unchanged, pread/pwrite agree with the mapping: OK",
+        "write: 4 processes, 40000 records, 2560000 bytes",
+        "write: 2 processes, 2000 records, 128000 bytes",
+        "echo: served 1001 requests",
+    ] {
+        assert!(out.console.contains(line), "missing {line:?}\n{}", out.transcript());
+    }
+
+    // After the VM has ended, the files hold exactly what the guest wrote.
+    let after = ok(kvmshm(&["verify", big.to_str().unwrap(), "--writers", "4", "--records", "10000"]));
+    assert!(after.console.contains("all 40000 records intact, each exactly once"), "{}", after.transcript());
+    let after = ok(kvmshm(&["verify", small.to_str().unwrap(), "--writers", "2", "--records", "1000"]));
+    assert!(after.console.contains("all 2000 records intact, each exactly once"), "{}", after.transcript());
+    assert_eq!(std::fs::metadata(&small).unwrap().len(), 2 * MIB, "the file keeps its size");
+}
+
+#[test]
+fn a_flipped_byte_fails_the_guest_check_and_the_vmm_status() {
+    let scratch = Scratch::new("flipped");
+    let file = scratch.path("data");
+    new_file(&file, MIB);
+    ok(kvmshm(&["fill", file.to_str().unwrap(), "--seed", "7"]));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[0x12345] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let shm = shm(&file, "1M", 0);
+    let out = VmResult::from_output(spawn_vm("/bin/kvmshm-demo -- verify --seed 7", &["--shm", &shm]).wait_with_output().unwrap());
+    assert_eq!(out.code, Some(1), "{}", out.transcript());
+    let expected = format!("verify: MISMATCH at offset 0x12345: expected {:#04x}, found {:#04x}", bytes[0x12345] ^ 1, bytes[0x12345]);
+    assert!(out.console.contains(&expected), "missing {expected:?}\n{}", out.transcript());
+}
+
+#[test]
+fn records_published_before_a_sigkill_survive_it() {
+    let scratch = Scratch::new("sigkill");
+    let file = scratch.path("records");
+    // Writers that pause between records, so that the VM is killed while
+    // they are all still writing.
+    let shm = shm(&file, "64M", 0);
+    let mut vm = spawn_vm("/bin/kvmshm-demo -- write --procs 4 --records 200000 --spin 100000", &["--shm", &shm]);
+
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let report = loop {
+        assert!(vm.try_wait().unwrap().is_none(), "the VM ended before it was killed");
+        assert!(Instant::now() < deadline, "the guest published no records in time");
+        if let Ok(report) = MappedFile::open(&file).and_then(|f| f.verify_records(4, 200_000)) {
+            if report.published >= 1000 {
+                break report;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    vm.kill().unwrap();
+    let killed = vm.wait().unwrap();
+    assert_eq!(killed.code(), None, "killed by a signal");
+
+    let after = MappedFile::open(&file).unwrap().verify_records(4, 200_000).unwrap();
+    assert_eq!(after.faults(), 0, "{after}");
+    assert!(after.published >= report.published, "{after} (before the kill: {report})");
+    assert_eq!(after.intact, after.published, "every published record is intact: {after}");
+    assert!(after.shortfall() > 0, "the run was cut short: {after}");
+}
