@@ -7,36 +7,48 @@
 //! the file position, ask for its size and IVPosition and choose the caching mode of later
 //! mappings with `ioctl()`. See README.md for the user-space interface.
 //!
+//! # Mapping and memory type
+//!
+//! `mmap()` maps the requested window of BAR2 with `remap_pfn_range()`, all of it at once: no
+//! page faults later, and one x86 PAT memtype reservation per mapping instead of a lookup per
+//! page (each costs thousands of emulated instructions on hosts without hardware
+//! virtualisation).
+//!
+//! The memory type (write-back by default, write-combining or uncached) belongs to the device,
+//! not to a file or a mapping: x86 forbids mapping the same physical memory with different
+//! types at once, and PAT refuses it. It can change only while nothing maps the device; `read()`
+//! and `write()` map the bytes they copy with the same type, for the duration of the call.
+//!
 //! # Device removal
 //!
-//! User mappings are not populated in `mmap()` but page by page from a fault handler (2 MiB
-//! around the faulting address at a time). `mmap()` runs before the new VMA is linked into the
-//! file's reverse map, so PTEs installed there could be missed by a concurrent
-//! `unmap_mapping_range()`; a fault runs only on a VMA that is already linked.
-//!
-//! Removal ([`Shared::revoke`]) sets `gone`, waits with SRCU for every fault, `read()` and
-//! `write()` that may still have seen the device, and then zaps the mappings of every open
-//! file. Later faults get `SIGBUS`, later system calls `ENODEV`. The kernel mapping of BAR2 stays
-//! until the last open file is released, but nothing uses it after removal.
+//! Removal ([`Shared::revoke`]) sets `gone`, waits with SRCU for every `mmap()`, `read()` and
+//! `write()` that may still have seen the device, and then zaps the user mappings of every open
+//! file. The kernel links a new mapping into its file's reverse map (which the zap walks) only
+//! after `mmap()` has returned, still holding the mapping process's mmap lock; so removal first
+//! takes that lock once for every process that mapped the device, which waits for any such
+//! `mmap()` to be complete. Afterwards an access to a zapped mapping gets `SIGBUS` (there is no
+//! fault handler), and system calls get `ENODEV`.
 
 use core::ptr::{self, NonNull};
 use kernel::{
     bindings, container_of,
+    error::to_result,
+    mm::Mm,
     device::Core,
     fs::{File, Kiocb},
     io::Io,
     ioctl::{_IOR, _IOW},
     iov::{IovIterDest, IovIterSource},
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
-    mm::virt::{flags as vm_flags, VmaNew, VmaRef},
+    mm::virt::{flags as vm_flags, VmaNew},
     new_mutex, new_srcu,
     page::{PAGE_SHIFT, PAGE_SIZE},
     pci,
     prelude::*,
-    sizes::SZ_2M,
     sync::{
-        atomic::{Acquire, Atomic, AtomicType, Relaxed, Release},
+        atomic::{Acquire, Atomic, Relaxed, Release},
         srcu::Guard,
+        aref::ARef,
         Arc, Mutex, Srcu,
     },
     uaccess::{UserSlice, UserSliceReader, UserSliceWriter},
@@ -69,7 +81,7 @@ struct KvmShmInfo {
 }
 
 /// Caching mode of a user mapping, the argument of `KVMSHM_IOC_SET_CACHING`.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 #[repr(i32)]
 enum Caching {
     /// Write-back: the vma's default protection, right for host RAM.
@@ -78,12 +90,6 @@ enum Caching {
     WriteCombining = 1,
     /// Uncached, UC- (`pgprot_noncached()`).
     Uncached = 2,
-}
-
-// SAFETY: `Caching` is `repr(i32)`, so it has the size and alignment of `i32`, and each of its
-// values is an `i32` that converts back to the same value.
-unsafe impl AtomicType for Caching {
-    type Repr = i32;
 }
 
 impl TryFrom<u32> for Caching {
@@ -179,45 +185,52 @@ impl Drop for DeviceIndex {
     }
 }
 
-/// The kernel's write-back mapping of BAR2 (`memremap(MEMREMAP_WB)`).
+/// A kernel mapping of part of BAR2 with the device's memory type, for one `read()` or `write()`.
 ///
 /// # Invariants
 ///
-/// `addr` is the start of a live `memremap()` mapping of the whole BAR.
-struct KernelMapping {
+/// `addr` is the start of a live mapping of `len` bytes made by `memremap()` (write-back,
+/// write-combining) or `ioremap()` (uncached), as `caching` says.
+struct KernelWindow {
     addr: NonNull<u8>,
+    caching: Caching,
 }
 
-// SAFETY: A `memremap()` mapping may be used and unmapped from any thread; `KernelMapping` only
-// hands out its address, and every access through it is an `unsafe` operation justified where it
-// is made.
-unsafe impl Send for KernelMapping {}
-// SAFETY: See `Send`; `&KernelMapping` allows nothing more than reading the address.
-unsafe impl Sync for KernelMapping {}
-
-impl KernelMapping {
-    fn new(phys: bindings::resource_size_t, size: usize) -> Result<Self> {
-        // CAST: `MEMREMAP_WB` is a small flag constant.
+impl KernelWindow {
+    fn new(phys: bindings::resource_size_t, len: usize, caching: Caching) -> Result<Self> {
+        // CAST: the `MEMREMAP_*` flags are small constants.
         //
-        // SAFETY: `memremap()` accepts any range; it fails if the range is not mappable. Here it
-        // is the BAR of a device that is bound to this driver.
-        let addr = unsafe { bindings::memremap(phys, size, bindings::MEMREMAP_WB as c_ulong) };
-        // INVARIANT: `memremap()` returned a mapping of the whole range, or NULL.
+        // SAFETY: `memremap()` and `ioremap()` accept any range and fail if it cannot be mapped
+        // with the type asked for (for example because PAT finds another type in use). The
+        // range is inside BAR2 of a device bound to this driver (checked by the caller).
+        let addr = unsafe {
+            match caching {
+                Caching::WriteBack => bindings::memremap(phys, len, bindings::MEMREMAP_WB as c_ulong),
+                Caching::WriteCombining => {
+                    bindings::memremap(phys, len, bindings::MEMREMAP_WC as c_ulong)
+                }
+                // CAST: `usize` and `c_ulong` are the same size on x86_64.
+                Caching::Uncached => bindings::ioremap(phys, len as c_ulong),
+            }
+        };
+        // INVARIANT: the mapping was made as `caching` says, or `addr` is NULL.
         NonNull::new(addr.cast())
-            .map(|addr| Self { addr })
-            .ok_or(ENOMEM)
-    }
-
-    /// Address of byte `offset` of the BAR.
-    fn at(&self, offset: usize) -> *mut u8 {
-        self.addr.as_ptr().wrapping_add(offset)
+            .map(|addr| Self { addr, caching })
+            .ok_or(EBUSY)
     }
 }
 
-impl Drop for KernelMapping {
+impl Drop for KernelWindow {
     fn drop(&mut self) {
-        // SAFETY: By the type invariant `addr` comes from `memremap()` and is unmapped only here.
-        unsafe { bindings::memunmap(self.addr.as_ptr().cast()) };
+        let addr = self.addr.as_ptr().cast();
+        // SAFETY: By the type invariant `addr` is a live mapping made by the function that
+        // `caching` names, unmapped only here, by its counterpart.
+        unsafe {
+            match self.caching {
+                Caching::Uncached => bindings::iounmap(addr),
+                _ => bindings::memunmap(addr),
+            }
+        }
     }
 }
 
@@ -232,20 +245,33 @@ unsafe impl Send for FileMapping {}
 // SAFETY: See `Send`.
 unsafe impl Sync for FileMapping {}
 
+/// The memory type of the device and how many user mappings use it.
+struct MapState {
+    caching: Caching,
+    /// Live vmas mapping the device (counted by `mmap()` and the vm operations).
+    vmas: usize,
+}
+
 /// State of one device, shared by its PCI driver data and its open files.
 #[pin_data]
 struct Shared {
-    /// Page frame number of the start of BAR2.
-    pfn: usize,
+    /// Physical address of BAR2.
+    phys: bindings::resource_size_t,
     /// Size of BAR2 in bytes, a non-zero multiple of the page size.
     size: usize,
     iv_position: u32,
-    kmem: KernelMapping,
     /// Set once when the device goes away (unbind or removal).
     gone: Atomic<bool>,
-    /// Protects every use of the BAR (read, write, fault) against [`Shared::revoke`].
+    /// Protects every use of the BAR (mmap, read, write) against [`Shared::revoke`].
     #[pin]
     srcu: Srcu,
+    #[pin]
+    state: Mutex<MapState>,
+    /// The address spaces that have mapped the device and still have users, for
+    /// [`Shared::revoke`]. One entry per address space: it holds its `mm_struct` (not the
+    /// memory), and entries of exited processes are pruned whenever one is added.
+    #[pin]
+    mappers: Mutex<KVec<ARef<Mm>>>,
     /// One entry per open file, for [`Shared::revoke`].
     ///
     /// Invariant: each entry is the `f_mapping` of an open file whose [`KvmShmFile`] is alive;
@@ -261,17 +287,15 @@ impl Shared {
         if size == 0 || size % PAGE_SIZE != 0 || phys % PAGE_SIZE as u64 != 0 {
             return Err(ENODEV);
         }
-        let pfn = usize::try_from(phys >> PAGE_SHIFT)?;
-        let kmem = KernelMapping::new(phys, size)?;
-
         Arc::pin_init(
             try_pin_init!(Self {
-                pfn,
+                phys,
                 size,
                 iv_position,
-                kmem,
                 gone: Atomic::new(false),
                 srcu <- new_srcu!(),
+                state <- new_mutex!(MapState { caching: Caching::WriteBack, vmas: 0 }),
+                mappers <- new_mutex!(KVec::new()),
                 mappings <- new_mutex!(KVec::new()),
             }),
             GFP_KERNEL,
@@ -295,18 +319,23 @@ impl Shared {
 
     /// Marks the device gone and removes all user mappings of it.
     ///
-    /// When this returns, no fault, `read()` or `write()` uses the BAR any more, no user PTE
-    /// points to it, and none will again.
+    /// When this returns, no `read()` or `write()` uses the BAR any more, no user PTE points to
+    /// it, and none will again.
     fn revoke(&self) {
         self.gone.store(true, Release);
-        // Every fault, read or write that starts from now on sees `gone` (the SRCU grace period
+        // Every mmap, read or write that starts from now on sees `gone` (the SRCU grace period
         // guarantee); wait for those that may have missed it.
         self.srcu.synchronize();
-        // The faults that inserted PTEs have all finished, each in a vma that was already linked
-        // into the reverse map of its file's `f_mapping` (faults only happen after `mmap()` has
-        // completed). Zapping those address spaces therefore removes every PTE. A fork that is
-        // copying PTEs concurrently links the child vma after the parent's, so the child's copies
-        // are zapped too.
+        // Those mmaps have returned, but their vmas may not be linked into the reverse map yet:
+        // the kernel does that after `mmap()`, under the process's mmap write lock. Taking that
+        // lock waits for it. The list is taken out first: `mmap()` takes `mappers` with the mmap
+        // lock held, so holding `mappers` while taking an mmap lock could deadlock.
+        let mappers = core::mem::take(&mut *self.mappers.lock());
+        for mm in mappers.iter().filter_map(|mm| mm.mmget_not_zero()) {
+            drop(mm.mmap_read_lock());
+        }
+        // A fork copying PTEs concurrently links the child's vma after the parent's, so zapping
+        // the address spaces removes the child's copies as well.
         for mapping in self.mappings.lock().iter() {
             // SAFETY: By the invariant of `mappings`, the entry belongs to an open file, which
             // holds its inode, and so the inode's `address_space`, alive; the entry cannot be
@@ -315,20 +344,47 @@ impl Shared {
         }
     }
 
+    /// Records that `mm` maps the device, for [`Shared::revoke`].
+    fn add_mapper(&self, mm: &Mm) -> Result {
+        let mut mappers = self.mappers.lock();
+        mappers.retain(|m| m.mmget_not_zero().is_some());
+        if !mappers.iter().any(|m| ptr::eq(&**m, mm)) {
+            mappers.push(ARef::from(mm), GFP_KERNEL)?;
+        }
+        Ok(())
+    }
+
+    fn set_caching(&self, caching: Caching) -> Result {
+        let mut state = self.state.lock();
+        if state.vmas != 0 && state.caching != caching {
+            return Err(EBUSY);
+        }
+        state.caching = caching;
+        Ok(())
+    }
+
+    /// Maps bytes `start..start + len` of BAR2 into the kernel for one copy, clamping `len` to
+    /// the end of the BAR.
+    fn window(&self, start: usize, len: usize) -> Result<(KernelWindow, usize)> {
+        let len = len.min(self.size - start);
+        let caching = self.state.lock().caching;
+        // CAST: `usize` fits in `resource_size_t` (u64).
+        let window = KernelWindow::new(self.phys + start as u64, len.max(1), caching)?;
+        Ok((window, len))
+    }
+
     fn read(&self, pos: &mut i64, iov: &mut IovIterDest<'_>) -> Result<usize> {
         let _guard = self.enter()?;
         let start = usize::try_from(*pos).map_err(|_| EINVAL)?;
-        if start >= self.size {
+        if start >= self.size || iov.is_empty() {
             return Ok(0);
         }
-        let len = iov.len().min(self.size - start);
-        // SAFETY: `start + len <= size`, so the source range is inside the kernel mapping, which
-        // lives as long as `self`. The memory is shared with other parties, so it is read through
-        // a raw pointer and not a Rust reference. The SRCU guard keeps removal from completing
-        // while we copy.
-        let copied =
-            unsafe { bindings::_copy_to_iter(self.kmem.at(start).cast(), len, iov.as_raw()) };
-        if copied == 0 && len != 0 {
+        let (window, len) = self.window(start, iov.len())?;
+        // SAFETY: The window maps `len` bytes and lives until the end of this function. The
+        // memory is shared with other parties, so it is read through a raw pointer and not a
+        // Rust reference. The SRCU guard keeps removal from completing while we copy.
+        let copied = unsafe { bindings::_copy_to_iter(window.addr.as_ptr().cast(), len, iov.as_raw()) };
+        if copied == 0 {
             return Err(EFAULT);
         }
         *pos = i64::try_from(start + copied)?;
@@ -344,90 +400,63 @@ impl Shared {
         if start >= self.size {
             return Err(ENOSPC);
         }
-        let len = iov.len().min(self.size - start);
-        // SAFETY: As in `read`: the destination range is inside the live kernel mapping, written
-        // through a raw pointer, with removal held off by the SRCU guard.
+        let (window, len) = self.window(start, iov.len())?;
+        // SAFETY: As in `read`: the window maps `len` bytes, written through a raw pointer, with
+        // removal held off by the SRCU guard.
         let copied =
-            unsafe { bindings::_copy_from_iter(self.kmem.at(start).cast(), len, iov.as_raw()) };
+            unsafe { bindings::_copy_from_iter(window.addr.as_ptr().cast(), len, iov.as_raw()) };
         if copied == 0 {
             return Err(EFAULT);
         }
         *pos = i64::try_from(start + copied)?;
         Ok(copied)
     }
-
-    /// Handles a fault at page-aligned `address` of `vma`, whose first page is page `vm_pgoff` of
-    /// the BAR: maps the 2 MiB-aligned block around `address` (clipped to the vma).
-    fn fault(&self, vma: &VmaRef, vm_pgoff: usize, address: usize) -> bindings::vm_fault_t {
-        const SIGBUS: bindings::vm_fault_t = bindings::vm_fault_reason_VM_FAULT_SIGBUS;
-        const NOPAGE: bindings::vm_fault_t = bindings::vm_fault_reason_VM_FAULT_NOPAGE;
-
-        let Ok(_guard) = self.enter() else {
-            return SIGBUS;
-        };
-        let block = address & !(SZ_2M - 1);
-        let (first, end) = (block.max(vma.start()), (block + SZ_2M).min(vma.end()));
-        // Page of BAR2 mapped at `first`. The vma lies within BAR2 (checked by `mmap()`, and a
-        // VM_DONTEXPAND vma cannot grow); check the block again rather than rely on that.
-        let first_page = vm_pgoff.saturating_add((first - vma.start()) >> PAGE_SHIFT);
-        if first_page.saturating_add((end - first) >> PAGE_SHIFT) > self.size >> PAGE_SHIFT {
-            return SIGBUS;
-        }
-        let insert = |addr: usize| {
-            let pfn = self.pfn + first_page + ((addr - first) >> PAGE_SHIFT);
-            // SAFETY: We are in the fault handler of `vma`, which is locked for reading. The vma
-            // is VM_PFNMAP and not VM_MIXEDMAP and, being shared, not a COW mapping (set up by
-            // `KvmShmFile::mmap`). `addr` is inside it and `pfn` inside BAR2 (checked above).
-            // The `gone` check above, under the SRCU guard, keeps the PTE from outliving the
-            // device (see `Shared::revoke`).
-            unsafe { bindings::vmf_insert_pfn(vma.as_ptr(), addr, pfn) }
-        };
-
-        let ret = insert(address);
-        if ret == NOPAGE {
-            // Map the rest of the block now; a page that fails here faults again on its own.
-            for addr in (first..end).step_by(PAGE_SIZE).filter(|&a| a != address) {
-                if insert(addr) != NOPAGE {
-                    break;
-                }
-            }
-        }
-        ret
-    }
 }
 
-/// Fault handler of kvmshm user mappings.
+/// Returns the [`Shared`] of a vma set up by [`KvmShmFile::mmap`].
 ///
 /// # Safety
 ///
-/// Must only be called by the mm core as the `fault` handler of a vma set up by
-/// [`KvmShmFile::mmap`].
-unsafe extern "C" fn kvmshm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
-    // SAFETY: The mm core passes a valid `vm_fault` for the duration of the call.
-    let (vma, address) = unsafe { ((*vmf).__bindgen_anon_1.vma, (*vmf).__bindgen_anon_1.address) };
-    // SAFETY: `vma` is valid and read-locked (mmap lock or vma lock) during a fault.
-    let vma = unsafe { VmaRef::from_raw(vma) };
-    // SAFETY: The vma is read-locked, so these fields are stable.
-    let (vm_pgoff, private) =
-        unsafe { ((*vma.as_ptr()).vm_pgoff, (*vma.as_ptr()).vm_private_data) };
+/// `vma` must be such a vma, valid for `'a`.
+unsafe fn vma_shared<'a>(vma: *mut bindings::vm_area_struct) -> &'a Shared {
     // SAFETY: `KvmShmFile::mmap` set `vm_private_data` to the `Shared` of the mapped file (a fork
     // or split copies it with `vm_file`). The vma holds a reference to `vm_file`, so the file has
     // not been released and its `KvmShmFile` still holds an `Arc` of this `Shared`.
-    let shared = unsafe { &*private.cast::<Shared>() };
-    shared.fault(vma, vm_pgoff, address)
+    unsafe { &*(*vma).vm_private_data.cast::<Shared>() }
 }
 
-/// The vm operations of kvmshm user mappings.
+/// Called when a vma of the device is copied (fork) or split.
+///
+/// # Safety
+///
+/// Must only be called by the mm core as the `open` operation of a vma set up by
+/// [`KvmShmFile::mmap`].
+unsafe extern "C" fn kvmshm_vma_open(vma: *mut bindings::vm_area_struct) {
+    // SAFETY: The mm core passes a valid vma of ours.
+    unsafe { vma_shared(vma) }.state.lock().vmas += 1;
+}
+
+/// Called when a vma of the device is unmapped.
+///
+/// # Safety
+///
+/// As for [`kvmshm_vma_open`], as the `close` operation.
+unsafe extern "C" fn kvmshm_vma_close(vma: *mut bindings::vm_area_struct) {
+    // SAFETY: The mm core passes a valid vma of ours.
+    unsafe { vma_shared(vma) }.state.lock().vmas -= 1;
+}
+
+/// The vm operations of kvmshm user mappings. No `fault`: every page is mapped by `mmap()`, and
+/// an access after removal has zapped them gets `SIGBUS`.
 static KVMSHM_VM_OPS: bindings::vm_operations_struct = bindings::vm_operations_struct {
-    fault: Some(kvmshm_fault),
+    open: Some(kvmshm_vma_open),
+    close: Some(kvmshm_vma_close),
     ..pin_init::zeroed()
 };
 
 /// An open kvmshm file.
 struct KvmShmFile {
     shared: Arc<Shared>,
-    /// Caching mode of later `mmap()`s through this file.
-    caching: Atomic<Caching>,
     /// This file's entry in `shared.mappings`.
     mapping: FileMapping,
 }
@@ -446,7 +475,6 @@ impl KvmShmFile {
             slot,
             Self {
                 shared: shared.clone(),
-                caching: Atomic::new(Caching::WriteBack),
                 mapping,
             },
         ))
@@ -458,16 +486,14 @@ impl KvmShmFile {
             // CAST: `usize` has 64 bits on x86_64.
             size: self.shared.size as u64,
             iv_position: self.shared.iv_position,
-            caching: self.caching.load(Relaxed) as u32,
+            caching: self.shared.state.lock().caching as u32,
         };
         writer.write_slice(info.as_bytes())
     }
 
     fn set_caching(&self, mut reader: UserSliceReader) -> Result {
         self.shared.check_present()?;
-        let caching = Caching::try_from(reader.read::<u32>()?)?;
-        self.caching.store(caching, Relaxed);
-        Ok(())
+        self.shared.set_caching(Caching::try_from(reader.read::<u32>()?)?)
     }
 }
 
@@ -498,40 +524,53 @@ impl MiscDevice for KvmShmFile {
     }
 
     fn mmap(me: &Self, _file: &File, vma: &VmaNew) -> Result {
-        me.shared.check_present()?;
+        let shared = &*me.shared;
+        let _guard = shared.enter()?;
         // MAP_SHARED sets VM_MAYSHARE; VM_SHARED is dropped for read-only files.
         if vma.flags() & vm_flags::MAYSHARE == 0 {
             return Err(EINVAL);
         }
         // The kernel has rounded the length up to whole pages (and already refuses length 0).
-        let pages = (vma.end() - vma.start()) >> PAGE_SHIFT;
+        let len = vma.end() - vma.start();
         // SAFETY: The vma is being set up in `f_op->mmap()` (`VmaNew`), so nothing else accesses
         // it.
         let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff };
-        if pages == 0
+        if len == 0
             || pgoff
-                .checked_add(pages)
-                .is_none_or(|end| end > me.shared.size >> PAGE_SHIFT)
+                .checked_add(len >> PAGE_SHIFT)
+                .is_none_or(|end| end > shared.size >> PAGE_SHIFT)
         {
             return Err(EINVAL);
         }
+        shared.add_mapper(vma.mm())?;
 
         vma.set_io();
         vma.set_dontexpand();
         vma.set_dontdump();
+        let mut state = shared.state.lock();
         let raw = vma.as_ptr();
-        // SAFETY: As above, the vma is ours to set up. VM_PFNMAP is valid with the flags already
-        // set: VM_MIXEDMAP is never set by this driver, and a VM_MAYSHARE vma is not a COW
-        // mapping. The protection keeps the vma's permission bits and changes only the caching
-        // bits, which the mm core preserves (`pgprot_modify()`). `KVMSHM_VM_OPS` is static, and
-        // `vm_private_data` points to the `Shared` that this file keeps alive for as long as the
-        // vma holds the file (see `kvmshm_fault`).
+        // CAST: `resource_size_t` and `usize` are both 64 bits on x86_64.
+        let pfn = (shared.phys >> PAGE_SHIFT) as usize + pgoff;
+        // SAFETY: As above, the vma is ours to set up, and it is a shared mapping (checked
+        // above), so not a COW mapping. The PFN range is inside BAR2 (checked above). The
+        // protection keeps the vma's permission bits and changes only the caching bits.
+        // `remap_pfn_range()` marks the vma VM_PFNMAP (with VM_IO, VM_DONTEXPAND and
+        // VM_DONTDUMP) and reserves the memory type of the range with PAT, for the life of the
+        // vma.
+        let ret = unsafe {
+            (*raw).vm_page_prot = state.caching.page_prot((*raw).vm_page_prot);
+            bindings::remap_pfn_range(raw, vma.start() as c_ulong, pfn as c_ulong, len as c_ulong, (*raw).vm_page_prot)
+        };
+        to_result(ret)?;
+        // SAFETY: As above. `KVMSHM_VM_OPS` is static, and `vm_private_data` points to the
+        // `Shared` that this file keeps alive for as long as the vma holds the file (see
+        // `vma_shared`). The vma is counted before the lock is released, so the memory type
+        // cannot change under it.
         unsafe {
-            (*raw).__bindgen_anon_2.vm_flags |= vm_flags::PFNMAP;
-            (*raw).vm_page_prot = me.caching.load(Relaxed).page_prot((*raw).vm_page_prot);
             (*raw).vm_ops = &KVMSHM_VM_OPS;
             (*raw).vm_private_data = Arc::as_ptr(&me.shared).cast_mut().cast();
         }
+        state.vmas += 1;
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::io::AsRawFd;
 
-use shm_layout::{HEADER_LEN, LayoutError, Region};
+use shm_layout::{Checksum, HEADER_LEN, LayoutError, Region};
 
 /// The driver's `struct kvmshm_info`.
 #[repr(C)]
@@ -32,7 +32,7 @@ const IOC_WRITE: u32 = 1;
 const IOC_READ: u32 = 2;
 /// `_IOR('K', 1, struct kvmshm_info)`: the region's size.
 const KVMSHM_IOC_INFO: libc::Ioctl = ioc(IOC_READ, 1, size_of::<Info>());
-/// `_IOW('K', 2, __u32)`: the memory type of later mmaps of this fd.
+/// `_IOW('K', 2, __u32)`: the device's memory type (EBUSY while it is mapped).
 const KVMSHM_IOC_SET_CACHING: libc::Ioctl = ioc(IOC_WRITE, 2, size_of::<u32>());
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,13 +125,26 @@ impl Device {
         &self.file
     }
 
-    /// A private copy of every byte of the region.
-    pub fn snapshot(&self) -> Vec<u8> {
-        let mut copy = vec![0; self.size];
-        // SAFETY: the mapping is `size` bytes and lives as long as self;
-        // `copy` is private memory of the same length.
-        unsafe { std::ptr::copy_nonoverlapping(self.base, copy.as_mut_ptr(), self.size) };
-        copy
+    /// A checksum of every byte of the region. Computed through a small
+    /// buffer: a private copy of the region would cost a page fault per page,
+    /// which is slow where guest kernel code is emulated.
+    pub fn checksum(&self) -> u64 {
+        let mut buf = [0u8; 4096];
+        let mut sum = Checksum::new();
+        for offset in (0..self.size).step_by(buf.len()) {
+            let chunk = &mut buf[..(self.size - offset).min(4096)];
+            self.read(offset, chunk);
+            sum = sum.bytes(chunk);
+        }
+        sum.finish()
+    }
+
+    /// Copies bytes of the region out.
+    pub fn read(&self, offset: usize, buf: &mut [u8]) {
+        assert!(offset + buf.len() <= self.size, "read past the end of the region");
+        // SAFETY: the range is inside the mapping (checked above), which lives
+        // as long as self; `buf` is private memory.
+        unsafe { std::ptr::copy_nonoverlapping(self.base.add(offset), buf.as_mut_ptr(), buf.len()) };
     }
 
     pub fn region(&self) -> Region<'_> {

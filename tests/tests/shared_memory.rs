@@ -131,3 +131,16 @@ fn records_published_before_a_sigkill_survive_it() {
     assert_eq!(after.intact, after.published, "every published record is intact: {after}");
     assert!(after.shortfall() > 0, "the run was cut short: {after}");
 }
+
+#[test]
+fn removing_a_mapped_device_leaves_the_guest_running_and_the_mapping_gone() {
+    let scratch = Scratch::new("removal");
+    let file = scratch.path("shm");
+    let shm = shm(&file, "1M", 0);
+    let out = VmResult::from_output(spawn_vm("/bin/kvmshm-demo -- check-removal", &["--shm", &shm]).wait_with_output().unwrap());
+    assert_eq!(out.code, Some(0), "{}", out.transcript());
+    let line = "check-removal: removed 0000:00:01.0; access to the old mapping: SIGBUS; read after removal: ENODEV";
+    assert!(out.console.contains(line), "missing {line:?}\n{}", out.transcript());
+    let data = std::fs::read(&file).unwrap();
+    assert!(data.starts_with(b"written before the device was removed"), "the guest's write reached the file");
+}

@@ -25,7 +25,7 @@ use shm_layout::records::{RECORD_LEN, Records};
 const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
     [--device PATH] [--caching wb|wc|uc] followed by one of: \
     write --procs N --records M [--seed S] [--spin K] | check-records --procs N --records M | \
-    verify --seed S | echo | check-api; --name=VALUE works as well as --name VALUE";
+    verify --seed S | echo | check-api | check-removal; --name=VALUE works as well as --name VALUE";
 
 enum Command {
     Write { procs: u64, records: u64, seed: u64, spin: u64 },
@@ -33,6 +33,7 @@ enum Command {
     Verify { seed: u64 },
     Echo,
     CheckApi,
+    CheckRemoval,
 }
 
 struct Invocation {
@@ -93,6 +94,10 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
             numbers(args, [])?;
             Command::CheckApi
         }
+        "check-removal" => {
+            numbers(args, [])?;
+            Command::CheckRemoval
+        }
         other => return Err(format!("unknown command {other:?}")),
     };
     Ok(Invocation { device, caching, command })
@@ -129,6 +134,7 @@ fn main() {
             Command::Verify { seed } => verify(&device, path, seed),
             Command::Echo => echo(&device, path),
             Command::CheckApi => check_api(&device, path),
+            Command::CheckRemoval => check_removal(&device, path),
         };
         if status != 0 {
             exit(status);
@@ -223,7 +229,7 @@ fn check_api(device: &Device, path: &str) -> i32 {
     let page = 4096;
     let fd = device.file().as_raw_fd();
     let rw = libc::PROT_READ | libc::PROT_WRITE;
-    let before = device.snapshot();
+    let before = device.checksum();
     let bad: [(&str, usize, i32, i64); 6] = [
         ("MAP_PRIVATE", page, libc::MAP_PRIVATE, 0),
         ("length past the end", size + page, libc::MAP_SHARED, 0),
@@ -248,7 +254,7 @@ fn check_api(device: &Device, path: &str) -> i32 {
             failures += 1;
         }
     }
-    if device.snapshot() != before {
+    if device.checksum() != before {
         eprintln!("kvmshm-demo: {path}: the region changed during the refused mmap calls");
         failures += 1;
     }
@@ -261,10 +267,16 @@ fn check_api(device: &Device, path: &str) -> i32 {
 /// pwrite lands where the mapping sees it and pread returns what the mapping
 /// holds, at an offset in the last page; the bytes are restored afterwards.
 fn check_file_io(device: &Device, path: &str) -> usize {
-    let region = device.snapshot();
-    let offset = region.len() - 100;
-    let original = &region[offset..offset + 64];
-    let probe: Vec<u8> = original.iter().map(|b| !b).collect();
+    let before = device.checksum();
+    let offset = device.region().size() - 100;
+    let mut original = [0; 64];
+    device.read(offset, &mut original);
+    let probe = original.map(|b| !b);
+    let mapped = || {
+        let mut now = [0; 64];
+        device.read(offset, &mut now);
+        now
+    };
     let mut failures = 0;
     let mut check = |what: &str, ok: io::Result<bool>| match ok {
         Ok(true) => {}
@@ -278,9 +290,57 @@ fn check_file_io(device: &Device, path: &str) -> usize {
         }
     };
     let file = device.file();
-    check("pwrite", file.write_all_at(&probe, offset as u64).map(|()| device.snapshot()[offset..offset + 64] == probe));
-    let mut back = vec![0; 64];
+    check("pwrite", file.write_all_at(&probe, offset as u64).map(|()| mapped() == probe));
+    let mut back = [0; 64];
     check("pread", file.read_exact_at(&mut back, offset as u64).map(|()| back == probe));
-    check("restoring pwrite", file.write_all_at(original, offset as u64).map(|()| device.snapshot() == region));
+    check("restoring pwrite", file.write_all_at(&original, offset as u64).map(|()| device.checksum() == before));
     failures
+}
+
+const REMOVAL_MARKER: &[u8] = b"written before the device was removed";
+
+/// Removes the PCI device of every kvmshm device (through sysfs) while this
+/// process maps one, then checks that the guest survives: the mapping is
+/// gone (an access gets SIGBUS, in a child so that this process can report
+/// it), and system calls on the open file fail with ENODEV. Writes
+/// `REMOVAL_MARKER` at offset 0 first, for the host to find.
+fn check_removal(device: &Device, path: &str) -> i32 {
+    device.file().write_all_at(REMOVAL_MARKER, 0).unwrap_or_else(|e| fail(1, &format!("{path}: pwrite: {e}")));
+    let driver = "/sys/bus/pci/drivers/kvmshm";
+    let bound: Vec<String> = std::fs::read_dir(driver)
+        .unwrap_or_else(|e| fail(1, &format!("{driver}: {e}")))
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("0000:"))
+        .collect();
+    if bound.is_empty() {
+        fail(1, &format!("{driver}: no device is bound"));
+    }
+    for pci in &bound {
+        let remove = format!("/sys/bus/pci/devices/{pci}/remove");
+        std::fs::write(&remove, "1").unwrap_or_else(|e| fail(1, &format!("{remove}: {e}")));
+    }
+    // SAFETY: this process has one thread; the child only touches the
+    // mapping and leaves with _exit.
+    let child = match unsafe { libc::fork() } {
+        -1 => fail(1, &format!("fork: {}", io::Error::last_os_error())),
+        0 => {
+            let mut byte = [0];
+            device.read(0, &mut byte);
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(0) }
+        }
+        pid => pid,
+    };
+    let mut wstatus = 0;
+    // SAFETY: waits for our own child; wstatus is a valid out-pointer.
+    unsafe { libc::waitpid(child, &mut wstatus, 0) };
+    let sigbus = libc::WIFSIGNALED(wstatus) && libc::WTERMSIG(wstatus) == libc::SIGBUS;
+    let enodev = device.file().read_at(&mut [0; 8], 0).map_err(|e| e.raw_os_error()) == Err(Some(libc::ENODEV));
+    println!(
+        "check-removal: removed {}; access to the old mapping: {}; read after removal: {}",
+        bound.join(" "),
+        if sigbus { "SIGBUS" } else { "no SIGBUS" },
+        if enodev { "ENODEV" } else { "not ENODEV" }
+    );
+    if sigbus && enodev { 0 } else { 1 }
 }
