@@ -15,9 +15,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 
 use crate::cpu;
 
-/// The flags that keep Linux off the instructions the emulator lacks, and
-/// skip its INT3 self-test (see images/patches/).
-pub const EMULATED_KERNEL_CMDLINE: &str = "noxsave clearcpuid=popcnt,cx16,smap,fsgsbase,rdrand,rdseed,rdpid,pku,ssse3,sse4_1,sse4_2,sha_ni,aes,pclmulqdq,avx,avx2,bmi1,bmi2,erms,fsrm,rep_good no_int3_selftest";
+/// The flags that keep Linux off the instructions the emulator lacks. INT3
+/// and FWAIT, which Linux cannot avoid, are finished by the VMM instead
+/// (`Vm::handle_internal_error`), so that kernels without the image's
+/// patches boot too.
+pub const EMULATED_KERNEL_CMDLINE: &str = "noxsave clearcpuid=popcnt,cx16,smap,fsgsbase,rdrand,rdseed,rdpid,pku,ssse3,sse4_1,sse4_2,sha_ni,aes,pclmulqdq,avx,avx2,bmi1,bmi2,erms,fsrm,rep_good";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

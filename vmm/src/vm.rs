@@ -433,7 +433,12 @@ impl Vm {
                 return Err(Error::EmulationFailure { rip: regs.rip, bytes, suberror });
             }
         };
-        debug!("finished {:#04x} at {:#x} for KVM's emulator (exception {fault:?})", bytes[0], regs.rip);
+        if fault == Some(BP) {
+            info!("guest kernel ran INT3 at {:#x}, which KVM's emulator lacks: injected #BP", regs.rip - 1);
+        } else {
+            let done = if fault.is_some() { "raised #MF" } else { "stepped over it" };
+            debug!("guest kernel ran FWAIT at {:#x}, which KVM's emulator lacks: {done}", regs.rip);
+        }
         self.vcpu.set_regs(&regs).map_err(kvm("set regs"))?;
         if let Some(nr) = fault {
             let mut events = self.vcpu.get_vcpu_events().map_err(kvm("get vCPU events"))?;
