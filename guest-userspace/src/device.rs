@@ -44,14 +44,17 @@ pub enum Caching {
 }
 
 impl Caching {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::WriteBack => "wb",
+            Self::WriteCombining => "wc",
+            Self::Uncached => "uc",
+        }
+    }
+
     /// Parses the short names `wb`, `wc` and `uc`.
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "wb" => Some(Self::WriteBack),
-            "wc" => Some(Self::WriteCombining),
-            "uc" => Some(Self::Uncached),
-            _ => None,
-        }
+        [Self::WriteBack, Self::WriteCombining, Self::Uncached].into_iter().find(|c| c.name() == s)
     }
 }
 
@@ -137,6 +140,14 @@ impl Device {
             sum = sum.bytes(chunk);
         }
         sum.finish()
+    }
+
+    /// Copies bytes into the region.
+    pub fn write(&self, offset: usize, buf: &[u8]) {
+        assert!(offset + buf.len() <= self.size, "write past the end of the region");
+        // SAFETY: the range is inside the mapping (checked above), which lives
+        // as long as self; `buf` is private memory.
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.base.add(offset), buf.len()) };
     }
 
     /// Copies bytes of the region out.

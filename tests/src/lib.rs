@@ -32,7 +32,11 @@ pub struct Scratch(PathBuf);
 
 impl Scratch {
     pub fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("kvmshm-test-{test}-{}", std::process::id()));
+        Self::new_in(&std::env::temp_dir(), test)
+    }
+
+    pub fn new_in(base: &Path, test: &str) -> Self {
+        let dir = base.join(format!("kvmshm-test-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create scratch directory");
         Self(dir)

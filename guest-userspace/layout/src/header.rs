@@ -14,9 +14,8 @@
 //! The header owns the whole first page, so every area starts page-aligned
 //! and no area shares a cache line with it.
 //!
-//! One mode at a time: a new protocol (the streaming benchmarks' bulk ring
-//! and ping-pong slot, reserved as modes 4 and 5) is a new mode with its own
-//! area and parameters, and needs no new version.
+//! One mode at a time: a new protocol is a new mode with its own area and
+//! parameters, and needs no new version.
 
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
@@ -41,11 +40,12 @@ pub enum Mode {
     Records = 1,
     Fill = 2,
     Echo = 3,
+    Stream = 4,
 }
 
 impl Mode {
     fn from_u32(m: u32) -> Option<Self> {
-        [Self::Records, Self::Fill, Self::Echo].into_iter().find(|mode| *mode as u32 == m)
+        [Self::Records, Self::Fill, Self::Echo, Self::Stream].into_iter().find(|mode| *mode as u32 == m)
     }
 
     /// What the area holds, for messages.
@@ -54,6 +54,7 @@ impl Mode {
             Self::Records => "the records area",
             Self::Fill => "the fill area",
             Self::Echo => "the echo mailbox",
+            Self::Stream => "the stream ring",
         }
     }
 
@@ -62,6 +63,7 @@ impl Mode {
             Self::Records => "records",
             Self::Fill => "fill",
             Self::Echo => "echo",
+            Self::Stream => "stream",
         }
     }
 }
@@ -193,8 +195,8 @@ mod tests {
         region.u32(OFF_VERSION).store(2, Relaxed);
         assert_eq!(Header::read(&region), Err(LayoutError::BadVersion(2)));
         h.publish(&region);
-        region.u32(OFF_MODE).store(4, Relaxed);
-        assert_eq!(Header::read(&region), Err(LayoutError::UnknownMode(4)));
+        region.u32(OFF_MODE).store(5, Relaxed);
+        assert_eq!(Header::read(&region), Err(LayoutError::UnknownMode(5)));
 
         // Formatted by a side that mapped more than this one does.
         let half = region.prefix(HEADER_LEN).unwrap();

@@ -10,7 +10,8 @@
 //! the rest of it currently holds:
 //! - [`records`]: guest processes write checksummed records, each into its own area;
 //! - [`fill`]: the host fills the data area with a seeded pseudo-random stream;
-//! - [`echo`]: a request/response mailbox for live round trips.
+//! - [`echo`]: a request/response mailbox for live round trips;
+//! - [`stream`]: bulk data both ways and ping-pong, for the benchmarks.
 
 #![cfg_attr(not(any(feature = "host", test)), no_std)]
 
@@ -22,6 +23,7 @@ pub mod header;
 mod prng;
 pub mod records;
 mod region;
+pub mod stream;
 
 #[cfg(feature = "host")]
 pub mod host;

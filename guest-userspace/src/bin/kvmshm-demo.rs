@@ -21,11 +21,13 @@ use guest_userspace::device::{Caching, Device};
 use shm_layout::echo::Mailbox;
 use shm_layout::fill;
 use shm_layout::records::{RECORD_LEN, Records};
+use shm_layout::stream::{Direction, Stream};
 
 const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
     [--device PATH] [--caching wb|wc|uc] followed by one of: \
     write --procs N --records M [--seed S] [--spin K] | check-records --procs N --records M | \
-    verify --seed S | echo | check-api | check-removal; --name=VALUE works as well as --name VALUE";
+    verify --seed S | echo | check-api | check-removal | memspeed --mib M | \
+    bench [--chunk-kib K] [--slots S] --total-mib T; --name=VALUE works as well as --name VALUE";
 
 enum Command {
     Write { procs: u64, records: u64, seed: u64, spin: u64 },
@@ -34,6 +36,8 @@ enum Command {
     Echo,
     CheckApi,
     CheckRemoval,
+    Memspeed { mib: u64 },
+    Bench { chunk_kib: u64, slots: u64, total_mib: u64 },
 }
 
 struct Invocation {
@@ -98,6 +102,18 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
             numbers(args, [])?;
             Command::CheckRemoval
         }
+        "memspeed" => {
+            let [mib] = numbers(args, ["--mib"])?;
+            Command::Memspeed { mib: required(mib, "--mib")? }
+        }
+        "bench" => {
+            let [chunk_kib, slots, total_mib] = numbers(args, ["--chunk-kib", "--slots", "--total-mib"])?;
+            Command::Bench {
+                chunk_kib: chunk_kib.unwrap_or(1024),
+                slots: slots.unwrap_or(16),
+                total_mib: required(total_mib, "--total-mib")?,
+            }
+        }
         other => return Err(format!("unknown command {other:?}")),
     };
     Ok(Invocation { device, caching, command })
@@ -135,6 +151,8 @@ fn main() {
             Command::Echo => echo(&device, path),
             Command::CheckApi => check_api(&device, path),
             Command::CheckRemoval => check_removal(&device, path),
+            Command::Memspeed { mib } => memspeed(&device, inv.caching.unwrap_or(Caching::WriteBack), mib),
+            Command::Bench { chunk_kib, slots, total_mib } => bench(&device, path, chunk_kib, slots, total_mib),
         };
         if status != 0 {
             exit(status);
@@ -343,4 +361,50 @@ fn check_removal(device: &Device, path: &str) -> i32 {
         if enodev { "ENODEV" } else { "not ENODEV" }
     );
     if sigbus && enodev { 0 } else { 1 }
+}
+
+/// Copy bandwidth through the mapping with its memory type: private buffer
+/// into the region ("copy in", as a producer does) and back out ("copy
+/// out", as a consumer does), over `mib` MiB or the whole region if smaller.
+fn memspeed(device: &Device, caching: Caching, mib: u64) -> i32 {
+    let len = (mib as usize) << 20;
+    let len = len.min(device.region().size()) & !0xffff;
+    let mut buf = vec![0x5au8; 64 << 10];
+    let pass = |copy_in: bool, buf: &mut [u8]| {
+        let start = Instant::now();
+        for offset in (0..len).step_by(buf.len()) {
+            if copy_in { device.write(offset, buf) } else { device.read(offset, buf) }
+        }
+        start.elapsed().as_secs_f64()
+    };
+    // A warm-up pass of each, then the measured ones.
+    pass(true, &mut buf);
+    pass(false, &mut buf);
+    let copy_in = len as f64 / pass(true, &mut buf) / 1e6;
+    let copy_out = len as f64 / pass(false, &mut buf) / 1e6;
+    println!("memspeed: caching {}: copy in {copy_in:.0} MB/s, copy out {copy_out:.0} MB/s ({len} bytes)", caching.name());
+    0
+}
+
+/// The guest's side of the host's benchmark (see shm_layout::stream): sends
+/// `total_mib` MiB, receives as much, then answers pings until told to stop.
+fn bench(device: &Device, path: &str, chunk_kib: u64, slots: u64, total_mib: u64) -> i32 {
+    let chunk = chunk_kib << 10;
+    let total = (total_mib << 20).div_ceil(chunk);
+    let stream = Stream::format(device.region(), chunk, slots, total)
+        .unwrap_or_else(|e| fail(2, &format!("{path}: {slots} x {chunk_kib} KiB stream: {e}")));
+    let mut buf = vec![0xa5u8; chunk as usize];
+    stream.touch_ring();
+    // The host's go: it times the transfer from here.
+    stream.answer_ping();
+    for n in 0..total {
+        stream.send(Direction::GuestToHost, n, &buf);
+    }
+    let mut bad = 0;
+    for n in 0..total {
+        bad += u64::from(stream.receive(Direction::HostToGuest, n, &mut buf).is_err());
+    }
+    let pings = stream.serve_pings();
+    println!("bench: sent {total} chunks of {chunk} bytes, received {total} ({bad} bad), answered {pings} pings");
+    if bad == 0 { 0 } else { 1 }
 }

@@ -8,6 +8,7 @@ use super::Error;
 use crate::echo::{Mailbox, REQ_SEQ, RESP_SEQ, ServerState};
 use crate::header::VERSION;
 use crate::records::Records;
+use crate::stream::{Direction, Stream};
 use crate::{Header, Mode, Region};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +26,13 @@ pub enum Detail {
         state: ServerState,
         req_seq: u64,
         resp_seq: u64,
+    },
+    /// Chunks (published, consumed) in each direction.
+    Stream {
+        chunk: usize,
+        total: u64,
+        guest_to_host: (u64, u64),
+        host_to_guest: (u64, u64),
     },
 }
 
@@ -50,6 +58,15 @@ impl Summary {
                     state: mailbox.state(),
                     req_seq: mailbox.u64(REQ_SEQ).load(Acquire),
                     resp_seq: mailbox.u64(RESP_SEQ).load(Acquire),
+                }
+            }
+            Mode::Stream => {
+                let stream = Stream::open(region)?;
+                Detail::Stream {
+                    chunk: stream.chunk_len(),
+                    total: stream.total(),
+                    guest_to_host: stream.progress(Direction::GuestToHost),
+                    host_to_guest: stream.progress(Direction::HostToGuest),
                 }
             }
         };
@@ -82,6 +99,11 @@ impl fmt::Display for Summary {
             Detail::Echo { state, req_seq, resp_seq } => {
                 writeln!(f, "server {state:?}; last request {req_seq}, last answer {resp_seq}")
             }
+            Detail::Stream { chunk, total, guest_to_host: (gp, gc), host_to_guest: (hp, hc) } => writeln!(
+                f,
+                "{total} chunks of {chunk} bytes each way; guest->host {gp} published, {gc} consumed; \
+                 host->guest {hp} published, {hc} consumed"
+            ),
         }
     }
 }

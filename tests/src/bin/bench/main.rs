@@ -1,0 +1,430 @@
+//! bench: the shared-memory path measured against this machine's limits, in
+//! one run. Boots the VMM once with the real image and measures guest→host
+//! and host→guest streaming, small-message round trips, the guest mapping's
+//! memory types and the boot time; measures host-only memcpy and host-only
+//! ping-pong in the same run for the ratios; boots QEMU microvm on the same
+//! files for the boot-time comparison. Writes results.json, chart.svg and
+//! REPORT.md into the output directory.
+//!
+//! usage: bench [--out DIR] [--total-mib N] [--round-trips N] [--no-qemu]
+
+mod report;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kvmshm_tests::{Scratch, host_binary, image_file};
+use shm_layout::host::MappedFile;
+use shm_layout::stream::{Direction, Stream};
+
+const CHUNK: u64 = 1 << 20;
+const SLOTS: u64 = 16;
+/// What the image's init prints first: boot time is measured to it.
+const START_MARKER: &str = "kvmshm-init: started";
+
+pub struct Latency {
+    /// Sorted round-trip times, in nanoseconds.
+    pub sorted_ns: Vec<u64>,
+}
+
+impl Latency {
+    fn new(mut ns: Vec<u64>) -> Self {
+        ns.sort_unstable();
+        Self { sorted_ns: ns }
+    }
+
+    pub fn quantile(&self, q: f64) -> u64 {
+        let i = ((self.sorted_ns.len() - 1) as f64 * q).round() as usize;
+        self.sorted_ns[i]
+    }
+
+    pub fn max(&self) -> u64 {
+        *self.sorted_ns.last().expect("at least one round trip")
+    }
+}
+
+pub struct MemorySpeed {
+    pub caching: String,
+    pub copy_in_mbps: f64,
+    pub copy_out_mbps: f64,
+}
+
+pub struct Results {
+    pub machine: Vec<(String, String)>,
+    pub total_bytes: u64,
+    pub host_memcpy_gbps: f64,
+    pub host_stream_gbps: f64,
+    pub guest_to_host_gbps: f64,
+    pub host_to_guest_gbps: f64,
+    pub vm_latency: Latency,
+    pub host_latency: Latency,
+    pub memory: Vec<MemorySpeed>,
+    pub boot_ours_s: f64,
+    pub boot_qemu_s: Option<f64>,
+    pub qemu_note: String,
+}
+
+struct Args {
+    out: PathBuf,
+    total_mib: u64,
+    round_trips: u64,
+    qemu: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args { out: PathBuf::from("target/bench"), total_mib: 256, round_trips: 100_000, qemu: true };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--out" => args.out = PathBuf::from(value()?),
+            "--total-mib" => args.total_mib = value()?.parse().context("--total-mib")?,
+            "--round-trips" => args.round_trips = value()?.parse().context("--round-trips")?,
+            "--no-qemu" => args.qemu = false,
+            _ => bail!("unknown argument {arg:?}; usage: bench [--out DIR] [--total-mib N] [--round-trips N] [--no-qemu]"),
+        }
+    }
+    Ok(args)
+}
+
+fn gbps(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / elapsed.as_secs_f64() / 1e9
+}
+
+/// The host's own limit for the streams: one thread copying `total` bytes
+/// the way each side of a stream does, chunk by chunk from a private buffer
+/// into a ring of the same geometry (both touched beforehand).
+fn host_memcpy(total: u64) -> f64 {
+    let chunk = CHUNK as usize;
+    let src = vec![0xa5u8; chunk];
+    // Not zeros: a zeroed allocation is mapped lazily, and the copy would
+    // pay for the page faults.
+    let mut ring = vec![0x5au8; chunk * SLOTS as usize];
+    let start = Instant::now();
+    for n in 0..(total / CHUNK) as usize {
+        let slot = n % SLOTS as usize;
+        ring[slot * chunk..(slot + 1) * chunk].copy_from_slice(&src);
+        std::hint::black_box(&ring);
+    }
+    gbps(total, start.elapsed())
+}
+
+/// The same stream between two host threads through ordinary shared memory
+/// (a file mapped twice), same code: what the path costs without a VM.
+fn host_stream(scratch: &Scratch, total: u64) -> anyhow::Result<f64> {
+    let path = scratch.path("host-stream");
+    std::fs::File::create(&path)?.set_len(Stream::required_size(CHUNK, SLOTS).next_power_of_two())?;
+    let (a, b) = (MappedFile::open(&path)?, MappedFile::open(&path)?);
+    let chunks = total / CHUNK;
+    let producer = Stream::format(a.region(), CHUNK, SLOTS, chunks)?;
+    let consumer = Stream::open(b.region())?;
+    producer.touch_ring();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            pin_to_cpu(0);
+            let buf = vec![0xa5u8; CHUNK as usize];
+            producer.answer_ping();
+            (0..chunks).for_each(|n| producer.send(Direction::GuestToHost, n, &buf));
+        });
+        let mut buf = vec![0u8; CHUNK as usize];
+        consumer.ping(1);
+        let start = Instant::now();
+        for n in 0..chunks {
+            if let Err(bad) = consumer.receive(Direction::GuestToHost, n, &mut buf) {
+                bail!("host stream chunk {n} is damaged: {bad:?}");
+            }
+        }
+        Ok(gbps(total, start.elapsed()))
+    })
+}
+
+/// Keeps the calling thread on one CPU, so that the two sides of every
+/// measurement run on different cores, the same ones each time.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+    // sched_setaffinity only read and write that set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Times `count` pings through `stream`, whose other side answers them.
+fn ping_pong(stream: &Stream, first: u64, count: u64) -> Latency {
+    let mut times = Vec::with_capacity(count as usize);
+    for seq in first..first + count {
+        let start = Instant::now();
+        stream.ping(seq);
+        times.push(start.elapsed().as_nanos() as u64);
+    }
+    Latency::new(times)
+}
+
+/// The same ping-pong between two host threads through ordinary shared
+/// memory (a file in the scratch directory, mapped twice), same code.
+fn host_ping_pong(scratch: &Scratch, count: u64) -> anyhow::Result<Latency> {
+    let path = scratch.path("host-pingpong");
+    std::fs::File::create(&path)?.set_len(Stream::required_size(4096, 1).next_power_of_two())?;
+    let (a, b) = (MappedFile::open(&path)?, MappedFile::open(&path)?);
+    let server = Stream::format(a.region(), 4096, 1, 0)?;
+    let client = Stream::open(b.region())?;
+    Ok(std::thread::scope(|s| {
+        s.spawn(move || {
+            pin_to_cpu(0);
+            server.serve_pings()
+        });
+        let latency = ping_pong(&client, 1, count);
+        client.stop();
+        latency
+    }))
+}
+
+/// A child whose stdout lines arrive, timestamped from its start, on a channel.
+struct Watched {
+    child: Child,
+    start: Instant,
+    lines: mpsc::Receiver<(Duration, String)>,
+    seen: Vec<String>,
+}
+
+impl Watched {
+    fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
+        let start = Instant::now();
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("start")?;
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send((start.elapsed(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { child, start, lines, seen: Vec::new() })
+    }
+
+    /// Waits up to `timeout` for a line containing `marker`; returns when it came.
+    fn wait_for(&mut self, marker: &str, timeout: Duration) -> anyhow::Result<Duration> {
+        let deadline = self.start + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((at, line)) => {
+                    let found = line.contains(marker);
+                    self.seen.push(line);
+                    if found {
+                        return Ok(at);
+                    }
+                }
+                Err(_) => bail!("no {marker:?} within {timeout:?}; output so far:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    fn finish(mut self) -> anyhow::Result<(Option<i32>, Vec<String>, String)> {
+        let status = self.child.wait()?;
+        self.seen.extend(self.lines.try_iter().map(|(_, line)| line));
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut stderr)?;
+        }
+        Ok((status.code(), self.seen, stderr))
+    }
+}
+
+/// Spins until `f` gives a value, failing if the VM ends first.
+fn await_vm<T>(vm: &mut Watched, what: &str, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if !vm.alive() {
+            bail!("the VM ended while the host waited for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+struct VmRun {
+    g2h_gbps: f64,
+    h2g_gbps: f64,
+    latency: Latency,
+    memory: Vec<MemorySpeed>,
+    boot_s: f64,
+    guest_cmdline: String,
+}
+
+fn run_vm(scratch: &Scratch, total_mib: u64, round_trips: u64) -> anyhow::Result<VmRun> {
+    let ring = scratch.path("ring");
+    let speed = scratch.path("memspeed");
+    let ring_size = Stream::required_size(CHUNK, SLOTS).next_power_of_two();
+    let run = format!(
+        "run=/bin/kvmshm-demo -- --device=/dev/kvmshm1 memspeed --mib=64 :: \
+         --device=/dev/kvmshm1 --caching=wc memspeed --mib=64 :: \
+         --device=/dev/kvmshm1 --caching=uc memspeed --mib=64 :: \
+         bench --chunk-kib={} --slots={SLOTS} --total-mib={total_mib}",
+        CHUNK >> 10
+    );
+    let mut cmd = Command::new(host_binary("vmm"));
+    cmd.arg("--kernel").arg(image_file("vmlinux")).arg("--initrd").arg(image_file("initramfs.cpio"));
+    cmd.arg("--shm").arg(format!("path={},size={ring_size}", ring.display()));
+    cmd.arg("--shm").arg(format!("path={},size=64M,id=1", speed.display()));
+    cmd.arg("--cmdline").arg(&run).env("RUST_LOG", "info");
+    // SAFETY: the hook only calls sched_setaffinity, which is async-signal-safe.
+    unsafe { cmd.pre_exec(|| Ok(pin_to_cpu(0))) };
+    let mut vm = Watched::spawn(cmd).context("the VMM")?;
+    let boot = vm.wait_for(START_MARKER, Duration::from_secs(600))?;
+
+    let file = await_vm(&mut vm, "the ring file", || MappedFile::open(&ring).ok())?;
+    let stream = await_vm(&mut vm, "the guest to format the ring", || Stream::open(file.region()).ok())?;
+    let total = stream.total();
+    let bytes = total * CHUNK;
+    let mut buf = vec![0u8; CHUNK as usize];
+
+    stream.touch_ring();
+    stream.ping(1);
+    let start = Instant::now();
+    for n in 0..total {
+        if let Err(bad) = stream.receive(Direction::GuestToHost, n, &mut buf) {
+            bail!("guest->host chunk {n} is damaged: {bad:?}");
+        }
+    }
+    let g2h = gbps(bytes, start.elapsed());
+
+    buf.fill(0x3c);
+    let start = Instant::now();
+    for n in 0..total {
+        stream.send(Direction::HostToGuest, n, &buf);
+    }
+    stream.wait_drained(Direction::HostToGuest);
+    let h2g = gbps(bytes, start.elapsed());
+
+    let latency = ping_pong(&stream, 2, round_trips);
+    stream.stop();
+    let (code, console, log) = vm.finish()?;
+    if code != Some(0) {
+        bail!("the VM ended with {code:?}:\n{}\n{log}", console.join("\n"));
+    }
+    let memory = console
+        .iter()
+        .filter_map(|l| l.strip_prefix("memspeed: caching "))
+        .map(parse_memspeed)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let guest_cmdline = log
+        .lines()
+        .find_map(|l| l.split_once("guest command line: ").map(|(_, c)| c.to_string()))
+        .context("the VMM logs the guest command line")?;
+    Ok(VmRun { g2h_gbps: g2h, h2g_gbps: h2g, latency, memory, boot_s: boot.as_secs_f64(), guest_cmdline })
+}
+
+/// "wb: copy in 10258 MB/s, copy out 8824 MB/s (67108864 bytes)"
+fn parse_memspeed(line: &str) -> anyhow::Result<MemorySpeed> {
+    let bad = || format!("cannot parse memspeed line {line:?}");
+    let (caching, rest) = line.split_once(": ").with_context(bad)?;
+    let number = |after: &str| -> anyhow::Result<f64> {
+        let tail = rest.split_once(after).with_context(bad)?.1;
+        tail.split_whitespace().next().with_context(bad)?.parse().with_context(bad)
+    };
+    Ok(MemorySpeed { caching: caching.to_string(), copy_in_mbps: number("copy in ")?, copy_out_mbps: number("copy out ")? })
+}
+
+/// QEMU's microvm booting the same kernel and initramfs with the same
+/// guest command line (plus the image's switch for the INT3 self-test,
+/// which QEMU cannot get past where guest kernel code is emulated).
+fn qemu_boot(guest_cmdline: &str, emulated: bool) -> anyhow::Result<f64> {
+    let base: String = guest_cmdline.split(" run=").next().unwrap_or_default().to_string();
+    let append = if emulated { format!("{base} no_int3_selftest run=/bin/kvmshm-demo") } else { format!("{base} run=/bin/kvmshm-demo") };
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-M", "microvm", "-enable-kvm", "-cpu", "host", "-m", "128", "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(image_file("vmlinux"))
+        .arg("-initrd")
+        .arg(image_file("initramfs.cpio"))
+        .arg("-append")
+        .arg(append);
+    let mut qemu = Watched::spawn(cmd).context("qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+    let result = qemu.wait_for(START_MARKER, Duration::from_secs(900));
+    let _ = qemu.child.kill();
+    let _ = qemu.child.wait();
+    Ok(result?.as_secs_f64())
+}
+
+fn machine() -> Vec<(String, String)> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .unwrap_or_else(|| "unknown".into());
+    let uname = Command::new("uname").arg("-srm").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let cores = std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_default();
+    let kvm = if Path::new("/sys/module/kvm_pvm").exists() { "PVM (no VMX/SVM: guest kernel code is emulated)" } else { "hardware-assisted" };
+    vec![
+        ("cpu".into(), cpu),
+        ("cores".into(), cores),
+        ("host kernel".into(), uname.unwrap_or_default()),
+        ("kvm".into(), kvm.into()),
+        ("guest kernel".into(), "Linux 7.3 (images/build.sh)".into()),
+    ]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        bail!("the benchmark needs two CPUs: each side of the shared memory spins on its own");
+    }
+    // This process on CPU 1; the VM's vCPU and the host threads' peers on CPU 0.
+    pin_to_cpu(1);
+    // Shared memory lives on tmpfs, as a VM's would: a file on disk would
+    // add the host's writeback to the measurements.
+    let scratch = Scratch::new_in(Path::new("/dev/shm"), "bench");
+    let total = args.total_mib << 20;
+    eprintln!("bench: host memcpy of {} MiB...", args.total_mib);
+    let host_memcpy_gbps = host_memcpy(total);
+    eprintln!("bench: host thread-to-thread stream of {} MiB...", args.total_mib);
+    let host_stream_gbps = host_stream(&scratch, total)?;
+    eprintln!("bench: host ping-pong, {} round trips...", args.round_trips);
+    let host_latency = host_ping_pong(&scratch, args.round_trips)?;
+    eprintln!("bench: booting the VMM for the guest measurements...");
+    let vm = run_vm(&scratch, args.total_mib, args.round_trips)?;
+    let emulated = vm.guest_cmdline.contains("clearcpuid=");
+    let (boot_qemu_s, qemu_note) = if !args.qemu {
+        (None, "not run (--no-qemu)".to_string())
+    } else {
+        eprintln!("bench: booting QEMU microvm on the same image...");
+        match qemu_boot(&vm.guest_cmdline, emulated) {
+            Ok(s) => (Some(s), "QEMU microvm, same vmlinux, initramfs and guest command line".to_string()),
+            Err(e) => (None, format!("QEMU did not boot: {e:#}")),
+        }
+    };
+    let results = Results {
+        machine: machine(),
+        total_bytes: total,
+        host_memcpy_gbps,
+        host_stream_gbps,
+        guest_to_host_gbps: vm.g2h_gbps,
+        host_to_guest_gbps: vm.h2g_gbps,
+        vm_latency: vm.latency,
+        host_latency,
+        memory: vm.memory,
+        boot_ours_s: vm.boot_s,
+        boot_qemu_s,
+        qemu_note,
+    };
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("results.json"), report::json(&results))?;
+    std::fs::write(args.out.join("chart.svg"), report::svg(&results))?;
+    std::fs::write(args.out.join("REPORT.md"), report::markdown(&results))?;
+    print!("{}", report::summary(&results));
+    eprintln!("bench: wrote {}", args.out.join("REPORT.md").display());
+    Ok(())
+}
