@@ -124,7 +124,7 @@ step="kernel build"
 kernel_id=$(input_hash "$src_id" "$here/guest.config" "$toolchain_id")
 kbuild="$cache/linux/build-$kernel_id"
 if [ ! -f "$kbuild/.kvmshm-ready" ] || [ -n "${KERNEL_SRC:-}" ]; then
-	log "building the kernel in $kbuild (about 10 minutes cold on 2 cores)"
+	log "building the kernel in $kbuild (4 to 9 minutes cold on 2 cores)"
 	mkdir -p "$kbuild"
 	rm -f "$kbuild/.kvmshm-ready"
 	"${kmake[@]}" -s -C "$src" O="$kbuild" tinyconfig

@@ -42,23 +42,12 @@ struct Args {
     console_input: bool,
 }
 
-fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let (digits, shift) = match s.as_bytes().last() {
-        Some(b'k' | b'K') => (&s[..s.len() - 1], 10),
-        Some(b'm' | b'M') => (&s[..s.len() - 1], 20),
-        Some(b'g' | b'G') => (&s[..s.len() - 1], 30),
-        _ => (s, 0),
-    };
-    let n: u64 = digits.parse().with_context(|| format!("bad size {s:?}"))?;
-    n.checked_mul(1 << shift).with_context(|| format!("size {s:?} is too large"))
-}
-
 fn parse_shm(s: &str) -> anyhow::Result<ShmConfig> {
     let (mut path, mut size, mut id) = (None, None, 0);
     for part in s.split(',') {
         match part.split_once('=') {
             Some(("path", v)) if !v.is_empty() => path = Some(PathBuf::from(v)),
-            Some(("size", v)) => size = Some(parse_size(v)?),
+            Some(("size", v)) => size = Some(vmm::shm::parse_size(v).map_err(anyhow::Error::msg)?),
             Some(("id", v)) => id = v.parse().with_context(|| format!("bad id {v:?}"))?,
             _ => bail!("unknown or empty option {part:?}; expected path=FILE,size=SIZE[,id=N]"),
         }

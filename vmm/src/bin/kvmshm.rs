@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shm_layout::host::{EchoClient, MappedFile};
 
@@ -30,7 +30,7 @@ enum Command {
         seed: u64,
         /// Format only the first SIZE bytes (K, M or G suffix allowed): the
         /// device's size, when the file is larger than the VM's --shm size.
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = vmm::shm::parse_size)]
         size: Option<u64>,
     },
     /// Check the records of `kvmshm-demo write`: succeeds only if every
@@ -58,20 +58,6 @@ enum Command {
         #[arg(long)]
         keep_serving: bool,
     },
-}
-
-fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let (digits, shift) = match s.as_bytes().last() {
-        Some(b'k' | b'K') => (&s[..s.len() - 1], 10),
-        Some(b'm' | b'M') => (&s[..s.len() - 1], 20),
-        Some(b'g' | b'G') => (&s[..s.len() - 1], 30),
-        _ => (s, 0),
-    };
-    let n: u64 = digits.parse().with_context(|| format!("bad size {s:?}"))?;
-    match n.checked_mul(1 << shift) {
-        Some(size) => Ok(size),
-        None => bail!("size {s:?} is too large"),
-    }
 }
 
 fn open(path: &Path) -> anyhow::Result<MappedFile> {

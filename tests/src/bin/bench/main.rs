@@ -26,6 +26,8 @@ const CHUNK: u64 = 1 << 20;
 const SLOTS: u64 = 16;
 /// What the image's init prints first: boot time is measured to it.
 const START_MARKER: &str = "kvmshm-init: started";
+/// The image's kernel switches that QEMU needs where guest kernel code is emulated.
+const QEMU_EMULATED_FLAGS: &str = "no_int3_selftest no_fpu_drop_fwait";
 
 pub struct Latency {
     /// Sorted round-trip times, in nanoseconds.
@@ -339,11 +341,12 @@ fn parse_memspeed(line: &str) -> anyhow::Result<MemorySpeed> {
 }
 
 /// QEMU's microvm booting the same kernel and initramfs with the same
-/// guest command line (plus the image's switch for the INT3 self-test,
-/// which QEMU cannot get past where guest kernel code is emulated).
+/// guest command line, plus the image's switches for the two instructions
+/// (INT3, FWAIT) that QEMU cannot get past where guest kernel code is
+/// emulated and that our VMM finishes itself (images/patches/).
 fn qemu_boot(guest_cmdline: &str, emulated: bool) -> anyhow::Result<f64> {
     let base: String = guest_cmdline.split(" run=").next().unwrap_or_default().to_string();
-    let append = if emulated { format!("{base} no_int3_selftest run=/bin/kvmshm-demo") } else { format!("{base} run=/bin/kvmshm-demo") };
+    let append = if emulated { format!("{base} {QEMU_EMULATED_FLAGS} run=/bin/kvmshm-demo") } else { format!("{base} run=/bin/kvmshm-demo") };
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-M", "microvm", "-enable-kvm", "-cpu", "host", "-m", "128", "-smp", "1"])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
@@ -366,7 +369,9 @@ fn machine() -> Vec<(String, String)> {
         .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
         .unwrap_or_else(|| "unknown".into());
     let uname = Command::new("uname").arg("-srm").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let cores = std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_default();
+    // SAFETY: sysconf has no memory effects. (available_parallelism would
+    // count only the CPU this process is pinned to.)
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.to_string();
     let kvm = if Path::new("/sys/module/kvm_pvm").exists() { "PVM (no VMX/SVM: guest kernel code is emulated)" } else { "hardware-assisted" };
     vec![
         ("cpu".into(), cpu),
