@@ -160,14 +160,15 @@ impl PciConfig {
 mod tests {
     use super::*;
 
+    /// A made-up device: these tests are about the configuration space, not ivshmem.
     fn config() -> PciConfig {
         let mut c = PciConfig::new(&Identity {
-            vendor: 0x1af4,
-            device: 0x1110,
-            revision: 1,
-            class: 0x050000,
-            subsystem_vendor: 0x1af4,
-            subsystem: 0x1100,
+            vendor: 0x1234,
+            device: 0x5678,
+            revision: 2,
+            class: 0x0b4000,
+            subsystem_vendor: 0x1234,
+            subsystem: 0x0001,
         });
         c.add_bar(0, BarKind::Mmio32, 256, 0xc000_0000).unwrap();
         c.add_bar(2, BarKind::Mmio64Prefetchable, 1 << 24, 1 << 32).unwrap();
@@ -183,12 +184,12 @@ mod tests {
     #[test]
     fn identity_is_read_only() {
         let mut c = config();
-        assert_eq!(read32(&c, 0), 0x1110_1af4);
-        assert_eq!(read32(&c, 8), 0x0500_0001);
+        assert_eq!(read32(&c, 0), 0x5678_1234);
+        assert_eq!(read32(&c, 8), 0x0b40_0002);
         c.write(0, &0xdead_beef_u32.to_le_bytes());
         c.write(8, &[0xff]);
-        assert_eq!(read32(&c, 0), 0x1110_1af4);
-        assert_eq!(read32(&c, 8), 0x0500_0001);
+        assert_eq!(read32(&c, 0), 0x5678_1234);
+        assert_eq!(read32(&c, 8), 0x0b40_0002);
     }
 
     #[test]
