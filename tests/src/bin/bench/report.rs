@@ -228,5 +228,45 @@ pub fn markdown(r: &Results) -> String {
         driver's `KVMSHM_IOC_SET_CACHING`) and copies 64 MiB in and out.\n\
         - **Boot**: from starting the VMM process to the first line the guest's init prints, for our VMM and for \
         QEMU's microvm on the same vmlinux and initramfs.\n";
+    s += &limits(r);
+    s
+}
+
+/// What limits the numbers, read from the numbers themselves.
+fn limits(r: &Results) -> String {
+    let mut s = String::from("\n## What limits them\n\n");
+    let host_ratio = ratio(r.host_stream_gbps, r.host_memcpy_gbps);
+    let vm_ratio = ratio(r.guest_to_host_gbps.min(r.host_to_guest_gbps), r.host_stream_gbps);
+    writeln!(
+        s,
+        "- **Crossing cores.** The same stream between two host threads reaches {host_ratio:.2} x memcpy: every \
+         chunk is written in one core's cache and read from another's, while the memcpy baseline stays in one \
+         core. The VM streams reach {vm_ratio:.2} x or more of the host-thread stream; the rest is the guest's \
+         share of the CPU (below)."
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "- **Guest timer ticks.** Guest user space runs natively, but every guest timer tick and interrupt \
+         runs in the guest kernel, which on a host without hardware virtualisation is emulated: hundreds of \
+         microseconds each, during which the guest side of a stream stands still (a probe spinning on the \
+         TSC in the guest lost about 12% of its time that way on the CI machine, at 100 ticks a second). \
+         The host side is interrupted too: the longest round trips were {} through the VM and {} between \
+         host threads. The guest also copies with musl's memcpy, the host with glibc's.",
+        us(r.vm_latency.max()),
+        us(r.host_latency.max())
+    )
+    .unwrap();
+    let speeds = r.memory.iter().flat_map(|m| [m.copy_in_mbps, m.copy_out_mbps]);
+    let (lo, hi) = speeds.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if !r.memory.is_empty() && hi < 1.5 * lo {
+        s += "- **Memory types.** Write-back, write-combining and uncached mappings all copy at about the same \
+              speed here: this host maps guest memory write-back whatever the guest's page attributes say. \
+              On hosts that honour them, uncached access is many times slower, which is why write-back is the \
+              driver's default.\n";
+    } else {
+        s += "- **Memory types.** The guest's page attributes take effect on this host: write-back, the driver's \
+              default, is the fast one for this memory, which is ordinary host RAM.\n";
+    }
     s
 }
