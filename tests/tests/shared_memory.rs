@@ -114,10 +114,10 @@ fn records_published_before_a_sigkill_survive_it() {
     let report = loop {
         assert!(vm.try_wait().unwrap().is_none(), "the VM ended before it was killed");
         assert!(Instant::now() < deadline, "the guest published no records in time");
-        if let Ok(report) = MappedFile::open(&file).and_then(|f| f.verify_records(4, 200_000)) {
-            if report.published >= 1000 {
-                break report;
-            }
+        if let Ok(report) = MappedFile::open(&file).and_then(|f| f.verify_records(4, 200_000))
+            && report.published >= 1000
+        {
+            break report;
         }
         std::thread::sleep(Duration::from_millis(20));
     };

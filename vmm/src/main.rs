@@ -75,10 +75,10 @@ fn main() -> ExitCode {
         if args.console_input {
             vm.forward_stdin();
         }
-        if args.profile_guest.is_some() {
-            if let Err(e) = vm.start_profiler(std::time::Duration::from_millis(1)) {
-                log::warn!("cannot start the guest profiler: {e}");
-            }
+        if args.profile_guest.is_some()
+            && let Err(e) = vm.start_profiler(std::time::Duration::from_millis(1))
+        {
+            log::warn!("cannot start the guest profiler: {e}");
         }
         let result = vm.run();
         if let Some(report) = args.profile_guest.as_deref().and_then(|map| vm.profile_report(map)) {

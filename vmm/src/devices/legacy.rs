@@ -39,10 +39,10 @@ impl<W: Write + Send> BusDevice for SerialPort<W> {
     }
 
     fn write(&mut self, _: u64, offset: u64, data: &[u8]) -> Option<Action> {
-        if let [b] = data {
-            if let Err(e) = self.0.write(offset as u8, *b) {
-                log::warn!("serial: {e:?}");
-            }
+        if let [b] = data
+            && let Err(e) = self.0.write(offset as u8, *b)
+        {
+            log::warn!("serial: {e:?}");
         }
         None
     }

@@ -80,7 +80,7 @@ impl PciConfig {
         if !size.is_power_of_two() || size < 16 || size > max {
             return Err(Error::BarSize(size));
         }
-        if addr % size != 0 {
+        if !addr.is_multiple_of(size) {
             return Err(Error::BarAlignment { addr, size });
         }
         let mask = !(size - 1);

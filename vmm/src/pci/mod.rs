@@ -62,9 +62,12 @@ pub enum BusError {
     Full,
 }
 
+/// A device on the bus, shared with whoever else drives it (the VM loop).
+pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
+
 /// Bus 0, function 0 of each slot, behind ports 0xCF8..0xCFF.
 pub struct PciBus {
-    slots: Vec<Option<Arc<Mutex<dyn PciDevice>>>>,
+    slots: Vec<Option<SharedPciDevice>>,
     address: u32,
 }
 
@@ -76,18 +79,18 @@ impl PciBus {
     }
 
     /// Plugs `device` into the first free slot and returns the slot number.
-    pub fn add(&mut self, device: Arc<Mutex<dyn PciDevice>>) -> Result<u8, BusError> {
+    pub fn add(&mut self, device: SharedPciDevice) -> Result<u8, BusError> {
         let slot = self.slots.iter().position(Option::is_none).ok_or(BusError::Full)?;
         self.slots[slot] = Some(device);
         Ok(slot as u8)
     }
 
-    pub fn device(&self, slot: u8) -> Option<&Arc<Mutex<dyn PciDevice>>> {
+    pub fn device(&self, slot: u8) -> Option<&SharedPciDevice> {
         self.slots.get(usize::from(slot))?.as_ref()
     }
 
     /// The device and register the address port selects: bus 0, function 0 only.
-    fn selected(&self) -> Option<(u8, &Arc<Mutex<dyn PciDevice>>, usize)> {
+    fn selected(&self) -> Option<(u8, &SharedPciDevice, usize)> {
         let a = self.address;
         let enabled = a & 0x8000_0000 != 0;
         let (bus, slot, function) = ((a >> 16) & 0xff, ((a >> 11) & 0x1f) as u8, (a >> 8) & 0x7);

@@ -283,7 +283,12 @@ fn run_vm(scratch: &Scratch, total_mib: u64, round_trips: u64) -> anyhow::Result
     cmd.arg("--shm").arg(format!("path={},size=64M,id=1", speed.display()));
     cmd.arg("--cmdline").arg(&run).env("RUST_LOG", "info");
     // SAFETY: the hook only calls sched_setaffinity, which is async-signal-safe.
-    unsafe { cmd.pre_exec(|| Ok(pin_to_cpu(0))) };
+    unsafe {
+        cmd.pre_exec(|| {
+            pin_to_cpu(0);
+            Ok(())
+        })
+    };
     let mut vm = Watched::spawn(cmd).context("the VMM")?;
     let boot = vm.wait_for(START_MARKER, Duration::from_secs(600))?;
 
