@@ -11,7 +11,11 @@ pub fn repo() -> PathBuf {
 /// A host binary of this workspace, built by test.sh before the tests run.
 pub fn host_binary(name: &str) -> PathBuf {
     let path = repo().join("target/release").join(name);
-    assert!(path.exists(), "{} is missing: run ./test.sh, or `cargo build --release -p vmm --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run ./test.sh, or `cargo build --release -p vmm --bins` first",
+        path.display()
+    );
     path
 }
 
@@ -170,7 +174,12 @@ pub fn kvmshm_beside_vm(vm: &mut Child, args: &[&str]) -> VmResult {
             let _ = tool.kill();
             let tool = VmResult::from_output(tool.wait_with_output().expect("kvmshm output"));
             let vm = VmResult::from_output(take_child(vm).wait_with_output().expect("VMM output"));
-            panic!("the VM ended while `kvmshm {}` ran\nVM: {}\nkvmshm: {}", args.join(" "), vm.transcript(), tool.transcript());
+            panic!(
+                "the VM ended while `kvmshm {}` ran\nVM: {}\nkvmshm: {}",
+                args.join(" "),
+                vm.transcript(),
+                tool.transcript()
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

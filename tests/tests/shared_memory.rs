@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kvmshm_tests::{kvmshm, kvmshm_beside_vm, spawn_vm, Scratch, VmResult};
+use kvmshm_tests::{Scratch, VmResult, kvmshm, kvmshm_beside_vm, spawn_vm};
 use shm_layout::host::MappedFile;
 
 const MIB: u64 = 1 << 20;
@@ -51,10 +51,17 @@ fn both_directions_on_two_devices_live_and_after_exit() {
     // The echo server starts after the writers are done; while it serves,
     // the VM runs and the host reads the guest's records from its own
     // mapping of the files, without any restart.
-    let echo = kvmshm_beside_vm(&mut vm, &["send", mailbox.to_str().unwrap(), "--count", "1000", "--wait", "600", "--keep-serving"]);
+    let echo = kvmshm_beside_vm(
+        &mut vm,
+        &["send", mailbox.to_str().unwrap(), "--count", "1000", "--wait", "600", "--keep-serving"],
+    );
     if echo.code != Some(0) {
         let _ = vm.kill();
-        panic!("echo failed: {}\nVM: {}", echo.transcript(), VmResult::from_output(vm.wait_with_output().unwrap()).transcript());
+        panic!(
+            "echo failed: {}\nVM: {}",
+            echo.transcript(),
+            VmResult::from_output(vm.wait_with_output().unwrap()).transcript()
+        );
     }
     assert!(echo.console.starts_with("1000 requests"), "{}", echo.transcript());
     assert!(vm.try_wait().unwrap().is_none(), "the VM is still running while the host checks");
@@ -95,9 +102,15 @@ fn a_flipped_byte_fails_the_guest_check_and_the_vmm_status() {
     std::fs::write(&file, &bytes).unwrap();
 
     let shm = shm(&file, "1M", 0);
-    let out = VmResult::from_output(spawn_vm("/bin/kvmshm-demo -- verify --seed 7", &["--shm", &shm]).wait_with_output().unwrap());
+    let out = VmResult::from_output(
+        spawn_vm("/bin/kvmshm-demo -- verify --seed 7", &["--shm", &shm]).wait_with_output().unwrap(),
+    );
     assert_eq!(out.code, Some(1), "{}", out.transcript());
-    let expected = format!("verify: MISMATCH at offset 0x12345: expected {:#04x}, found {:#04x}", bytes[0x12345] ^ 1, bytes[0x12345]);
+    let expected = format!(
+        "verify: MISMATCH at offset 0x12345: expected {:#04x}, found {:#04x}",
+        bytes[0x12345] ^ 1,
+        bytes[0x12345]
+    );
     assert!(out.console.contains(&expected), "missing {expected:?}\n{}", out.transcript());
 }
 
@@ -137,7 +150,9 @@ fn removing_a_mapped_device_leaves_the_guest_running_and_the_mapping_gone() {
     let scratch = Scratch::new("removal");
     let file = scratch.path("shm");
     let shm = shm(&file, "1M", 0);
-    let out = VmResult::from_output(spawn_vm("/bin/kvmshm-demo -- check-removal", &["--shm", &shm]).wait_with_output().unwrap());
+    let out = VmResult::from_output(
+        spawn_vm("/bin/kvmshm-demo -- check-removal", &["--shm", &shm]).wait_with_output().unwrap(),
+    );
     assert_eq!(out.code, Some(0), "{}", out.transcript());
     let line = "check-removal: removed 0000:00:01.0; access to the old mapping: SIGBUS; read after removal: ENODEV";
     assert!(out.console.contains(line), "missing {line:?}\n{}", out.transcript());

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use kvmshm_tests::{host_binary, image_file, Scratch};
+use kvmshm_tests::{Scratch, host_binary, image_file};
 
 fn vmm(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(host_binary("vmm")).args(args).output().expect("start the VMM");
@@ -70,7 +70,10 @@ fn shm_file_shorter_than_the_size_is_left_untouched() {
     std::fs::write(&file, &content).unwrap();
     let (code, err) = vmm_with_shm(&format!("path={},size=1M", file.display()));
     assert_eq!(code, Some(125));
-    assert!(err.contains("the file is 5000 bytes, shorter than the requested size 1048576; it was left untouched"), "{err}");
+    assert!(
+        err.contains("the file is 5000 bytes, shorter than the requested size 1048576; it was left untouched"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&file).unwrap(), content);
 }
 

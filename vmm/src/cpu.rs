@@ -1,7 +1,7 @@
 //! x86-64 vCPU state at boot: long mode with an identity map of the first
 //! GiB, CPUID, MSRs, FPU and the local APIC's LINT pins.
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment};
 use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -80,7 +80,8 @@ pub fn setup_long_mode(mem: &GuestMemoryMmap, vcpu: &VcpuFd, entry: u64, rsi: u6
     sregs.efer |= EFER_LME | EFER_LMA;
     vcpu.set_sregs(&sregs).map_err(kvm("set sregs"))?;
 
-    let regs = kvm_regs { rip: entry, rsi, rsp: layout::BOOT_STACK, rbp: layout::BOOT_STACK, rflags: 2, ..Default::default() };
+    let regs =
+        kvm_regs { rip: entry, rsi, rsp: layout::BOOT_STACK, rbp: layout::BOOT_STACK, rflags: 2, ..Default::default() };
     vcpu.set_regs(&regs).map_err(kvm("set regs"))?;
     Ok(())
 }

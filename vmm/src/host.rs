@@ -63,13 +63,15 @@ const POPCNT: u64 = 0x1010;
 
 pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
     let vm = kvm.create_vm()?;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).map_err(|e| Error::Memory(e.to_string()))?;
+    let mem =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).map_err(|e| Error::Memory(e.to_string()))?;
     let region = mem.iter().next().expect("one region");
     let slot = kvm_userspace_memory_region {
         slot: 0,
         guest_phys_addr: 0,
         memory_size: region.len(),
-        userspace_addr: region.get_host_address(MemoryRegionAddress(0)).map_err(|e| Error::Memory(e.to_string()))? as u64,
+        userspace_addr: region.get_host_address(MemoryRegionAddress(0)).map_err(|e| Error::Memory(e.to_string()))?
+            as u64,
         flags: 0,
     };
     // SAFETY: the region stays mapped for as long as `mem`, which outlives `vm` here.

@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
 extern "C" fn interrupt_kvm_run(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
@@ -23,7 +23,8 @@ pub struct Profiler {
 impl Profiler {
     /// Starts interrupting the calling thread (the vCPU thread) every `interval`.
     pub fn start(interval: Duration) -> std::io::Result<Self> {
-        register_signal_handler(SIGRTMIN(), interrupt_kvm_run).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        register_signal_handler(SIGRTMIN(), interrupt_kvm_run)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         // SAFETY: pthread_self has no preconditions.
         let vcpu_thread = unsafe { libc::pthread_self() };
         let stop = Arc::new(AtomicBool::new(false));

@@ -19,7 +19,9 @@ pub enum Error {
     NotRegular { path: PathBuf },
     #[error("{path}: cannot size the new file to {size} bytes: {source}")]
     Truncate { path: PathBuf, size: u64, source: io::Error },
-    #[error("{path}: cannot map {size} bytes shared (on hugetlbfs the size must be a multiple of the huge page size): {source}")]
+    #[error(
+        "{path}: cannot map {size} bytes shared (on hugetlbfs the size must be a multiple of the huge page size): {source}"
+    )]
     Map { path: PathBuf, size: u64, source: io::Error },
 }
 
@@ -49,9 +51,7 @@ impl SharedFile {
         if !size.is_power_of_two() || size < 4096 {
             return Err(Error::Size { path: path_buf, size });
         }
-        let open = |create: bool| {
-            OpenOptions::new().read(true).write(true).create_new(create).mode(0o600).open(path)
-        };
+        let open = |create: bool| OpenOptions::new().read(true).write(true).create_new(create).mode(0o600).open(path);
         let (file, created) = match open(true) {
             Ok(f) => (f, true),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use log::{debug, info, warn};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Action, Bus};
 use crate::console::{ConsoleOutput, GuestReport};
-use crate::devices::{ivshmem, legacy, IvshmemDevice, ResetPort, SerialPort};
+use crate::devices::{IvshmemDevice, ResetPort, SerialPort, ivshmem, legacy};
 use crate::host::HostKvm;
 use crate::pci::{PciBus, PciDevice};
 use crate::profile::Profiler;
@@ -108,7 +108,11 @@ impl Vm {
     pub fn new(config: &VmConfig) -> Result<Self, Error> {
         let ram_size = config.memory_mib << 20;
         if !(layout::MIN_RAM..=layout::MAX_RAM).contains(&ram_size) {
-            return Err(Error::MemorySize { mib: config.memory_mib, min: layout::MIN_RAM >> 20, max: layout::MAX_RAM >> 20 });
+            return Err(Error::MemorySize {
+                mib: config.memory_mib,
+                min: layout::MIN_RAM >> 20,
+                max: layout::MAX_RAM >> 20,
+            });
         }
         let kvm_fd = Kvm::new().map_err(Error::KvmOpen)?;
         let host = host::probe(&kvm_fd)?;
@@ -116,11 +120,7 @@ impl Vm {
 
         // Files are opened before anything else so that a bad --shm fails
         // before the guest starts, and never after it has written anything.
-        let files = config
-            .shm
-            .iter()
-            .map(|s| SharedFile::open(&s.path, s.size))
-            .collect::<Result<Vec<_>, _>>()?;
+        let files = config.shm.iter().map(|s| SharedFile::open(&s.path, s.size)).collect::<Result<Vec<_>, _>>()?;
 
         let vm = kvm_fd.create_vm().map_err(kvm("create VM"))?;
         vm.set_tss_address(0xfffb_d000).map_err(kvm("set TSS address"))?;
@@ -157,7 +157,8 @@ impl Vm {
         let report = Arc::new(Mutex::new(GuestReport::default()));
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Device(format!("eventfd: {e}")))?;
         vm.register_irqfd(&serial_irq, legacy::COM1_GSI).map_err(kvm("register serial irqfd"))?;
-        let serial = Arc::new(Mutex::new(SerialPort::new(serial_irq, ConsoleOutput::new(std::io::stdout(), report.clone()))));
+        let serial =
+            Arc::new(Mutex::new(SerialPort::new(serial_irq, ConsoleOutput::new(std::io::stdout(), report.clone()))));
         let pci = Arc::new(Mutex::new(PciBus::new()));
         let mut pio = Bus::default();
         let dev_err = |e: crate::bus::Error| Error::Device(e.to_string());
@@ -193,7 +194,10 @@ impl Vm {
             if bar2 + size > 1u64 << self.phys_bits {
                 return Err(Error::ShmPlacement {
                     path: cfg.path.clone(),
-                    reason: format!("{size} bytes do not fit below the guest's {}-bit physical address limit", self.phys_bits),
+                    reason: format!(
+                        "{size} bytes do not fit below the guest's {}-bit physical address limit",
+                        self.phys_bits
+                    ),
                 });
             }
             next64 = bar2 + size;
@@ -472,6 +476,9 @@ fn log_host(host: &HostKvm) {
             host.guest_cmdline()
         );
     } else {
-        info!("host: guest kernel code runs natively ({:.1} ns per instruction); no guest flags added", host.kernel_ns_per_instruction);
+        info!(
+            "host: guest kernel code runs natively ({:.1} ns per instruction); no guest flags added",
+            host.kernel_ns_per_instruction
+        );
     }
 }

@@ -277,8 +277,11 @@ fn check_api(device: &Device, path: &str) -> i32 {
         failures += 1;
     }
     failures += check_file_io(device, path);
-    println!("check-api: {} bad mmap requests refused with EINVAL, region unchanged, pread/pwrite agree with the mapping: {}",
-        bad.len(), if failures == 0 { "OK" } else { "FAILED" });
+    println!(
+        "check-api: {} bad mmap requests refused with EINVAL, region unchanged, pread/pwrite agree with the mapping: {}",
+        bad.len(),
+        if failures == 0 { "OK" } else { "FAILED" }
+    );
     if failures == 0 { 0 } else { 1 }
 }
 
@@ -382,7 +385,10 @@ fn memspeed(device: &Device, caching: Caching, mib: u64) -> i32 {
     pass(false, &mut buf);
     let copy_in = len as f64 / pass(true, &mut buf) / 1e6;
     let copy_out = len as f64 / pass(false, &mut buf) / 1e6;
-    println!("memspeed: caching {}: copy in {copy_in:.0} MB/s, copy out {copy_out:.0} MB/s ({len} bytes)", caching.name());
+    println!(
+        "memspeed: caching {}: copy in {copy_in:.0} MB/s, copy out {copy_out:.0} MB/s ({len} bytes)",
+        caching.name()
+    );
     0
 }
 

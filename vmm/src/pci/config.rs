@@ -102,7 +102,8 @@ impl PciConfig {
     }
 
     fn bar_slot_taken(&self, index: usize) -> bool {
-        self.bars[index].is_some() || (index > 0 && matches!(self.bars[index - 1], Some(b) if b.kind == BarKind::Mmio64Prefetchable))
+        self.bars[index].is_some()
+            || (index > 0 && matches!(self.bars[index - 1], Some(b) if b.kind == BarKind::Mmio64Prefetchable))
     }
 
     pub fn bar_size(&self, index: usize) -> Option<u64> {

@@ -11,8 +11,8 @@
 mod report;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -88,7 +88,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--total-mib" => args.total_mib = value()?.parse().context("--total-mib")?,
             "--round-trips" => args.round_trips = value()?.parse().context("--round-trips")?,
             "--no-qemu" => args.qemu = false,
-            _ => bail!("unknown argument {arg:?}; usage: bench [--out DIR] [--total-mib N] [--round-trips N] [--no-qemu]"),
+            _ => bail!(
+                "unknown argument {arg:?}; usage: bench [--out DIR] [--total-mib N] [--round-trips N] [--no-qemu]"
+            ),
         }
     }
     Ok(args)
@@ -342,7 +344,11 @@ fn parse_memspeed(line: &str) -> anyhow::Result<MemorySpeed> {
         let tail = rest.split_once(after).with_context(bad)?.1;
         tail.split_whitespace().next().with_context(bad)?.parse().with_context(bad)
     };
-    Ok(MemorySpeed { caching: caching.to_string(), copy_in_mbps: number("copy in ")?, copy_out_mbps: number("copy out ")? })
+    Ok(MemorySpeed {
+        caching: caching.to_string(),
+        copy_in_mbps: number("copy in ")?,
+        copy_out_mbps: number("copy out ")?,
+    })
 }
 
 /// QEMU's microvm booting the same kernel and initramfs with the same
@@ -351,7 +357,11 @@ fn parse_memspeed(line: &str) -> anyhow::Result<MemorySpeed> {
 /// emulated and that our VMM finishes itself (images/patches/).
 fn qemu_boot(guest_cmdline: &str, emulated: bool) -> anyhow::Result<f64> {
     let base: String = guest_cmdline.split(" run=").next().unwrap_or_default().to_string();
-    let append = if emulated { format!("{base} {QEMU_EMULATED_FLAGS} run=/bin/kvmshm-demo") } else { format!("{base} run=/bin/kvmshm-demo") };
+    let append = if emulated {
+        format!("{base} {QEMU_EMULATED_FLAGS} run=/bin/kvmshm-demo")
+    } else {
+        format!("{base} run=/bin/kvmshm-demo")
+    };
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-M", "microvm", "-enable-kvm", "-cpu", "host", "-m", "128", "-smp", "1"])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
@@ -371,13 +381,21 @@ fn qemu_boot(guest_cmdline: &str, emulated: bool) -> anyhow::Result<f64> {
 fn machine() -> Vec<(String, String)> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
         .unwrap_or_else(|| "unknown".into());
-    let uname = Command::new("uname").arg("-srm").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let uname =
+        Command::new("uname").arg("-srm").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     // SAFETY: sysconf has no memory effects. (available_parallelism would
     // count only the CPU this process is pinned to.)
     let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.to_string();
-    let kvm = if Path::new("/sys/module/kvm_pvm").exists() { "PVM (no VMX/SVM: guest kernel code is emulated)" } else { "hardware-assisted" };
+    let kvm = if Path::new("/sys/module/kvm_pvm").exists() {
+        "PVM (no VMX/SVM: guest kernel code is emulated)"
+    } else {
+        "hardware-assisted"
+    };
     vec![
         ("cpu".into(), cpu),
         ("cores".into(), cores),

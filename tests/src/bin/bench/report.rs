@@ -88,7 +88,8 @@ struct Svg(String);
 impl Svg {
     fn text(&mut self, x: f64, y: f64, size: u32, anchor: &str, s: &str) {
         let s = s.replace('&', "&amp;").replace('<', "&lt;");
-        writeln!(self.0, r#"<text x="{x:.1}" y="{y:.1}" font-size="{size}" text-anchor="{anchor}">{s}</text>"#).unwrap();
+        writeln!(self.0, r#"<text x="{x:.1}" y="{y:.1}" font-size="{size}" text-anchor="{anchor}">{s}</text>"#)
+            .unwrap();
     }
 
     /// A titled panel of horizontal bars; returns the y below it.
@@ -100,7 +101,8 @@ impl Svg {
         for (label, value, shown, color) in bars {
             let w = (value / max * span).max(1.0);
             self.text(LABEL_W - 8.0, y + 16.0, 13, "end", label);
-            writeln!(self.0, r#"<rect x="{LABEL_W}" y="{y:.1}" width="{w:.1}" height="{BAR_H}" fill="{color}"/>"#).unwrap();
+            writeln!(self.0, r#"<rect x="{LABEL_W}" y="{y:.1}" width="{w:.1}" height="{BAR_H}" fill="{color}"/>"#)
+                .unwrap();
             self.text(LABEL_W + w + 6.0, y + 16.0, 13, "start", shown);
             y += BAR_H + 6.0;
         }
@@ -113,10 +115,16 @@ impl Svg {
         let (x0, x1, top, h) = (LABEL_W, WIDTH - 40.0, y + 30.0, 220.0);
         let (lo, hi) = (1.0f64, 7.0f64); // 10 ns .. 10 ms
         let px = |ns: u64| x0 + ((ns.max(10) as f64).log10() - lo) / (hi - lo) * (x1 - x0);
-        writeln!(self.0, r##"<rect x="{x0}" y="{top}" width="{:.1}" height="{h}" fill="none" stroke="#999"/>"##, x1 - x0).unwrap();
+        writeln!(
+            self.0,
+            r##"<rect x="{x0}" y="{top}" width="{:.1}" height="{h}" fill="none" stroke="#999"/>"##,
+            x1 - x0
+        )
+        .unwrap();
         for (i, label) in ["10 ns", "100 ns", "1 us", "10 us", "100 us", "1 ms", "10 ms"].iter().enumerate() {
             let x = x0 + i as f64 / 6.0 * (x1 - x0);
-            writeln!(self.0, r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##, top + h).unwrap();
+            writeln!(self.0, r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##, top + h)
+                .unwrap();
             self.text(x, top + h + 16.0, 12, "middle", label);
         }
         for (q, label) in [(0.0, "0"), (0.5, "50%"), (0.99, "99%")] {
@@ -131,9 +139,20 @@ impl Svg {
                 .chain([n - 1])
                 .map(|k| format!("{:.1},{:.1}", px(lat.sorted_ns[k]), top + h - (k as f64 + 1.0) / n as f64 * h))
                 .collect();
-            writeln!(self.0, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, points.join(" ")).unwrap();
+            writeln!(
+                self.0,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                points.join(" ")
+            )
+            .unwrap();
             let ly = top + 18.0 + i as f64 * 18.0;
-            writeln!(self.0, r#"<rect x="{:.1}" y="{:.1}" width="14" height="4" fill="{color}"/>"#, x0 + 10.0, ly - 5.0).unwrap();
+            writeln!(
+                self.0,
+                r#"<rect x="{:.1}" y="{:.1}" width="14" height="4" fill="{color}"/>"#,
+                x0 + 10.0,
+                ly - 5.0
+            )
+            .unwrap();
             self.text(x0 + 30.0, ly, 12, "start", name);
         }
         top + h + 40.0
@@ -150,9 +169,24 @@ pub fn svg(r: &Results) -> String {
     let mut y = 10.0;
     let stream = [
         ("host memcpy (the limit)".to_string(), r.host_memcpy_gbps, gb(r.host_memcpy_gbps), "#888"),
-        ("host thread -> thread".to_string(), r.host_stream_gbps, format!("{} ({:.2}x)", gb(r.host_stream_gbps), ratio(r.host_stream_gbps, r.host_memcpy_gbps)), "#aaa"),
-        ("guest -> host".to_string(), r.guest_to_host_gbps, format!("{} ({:.2}x)", gb(r.guest_to_host_gbps), ratio(r.guest_to_host_gbps, r.host_memcpy_gbps)), "#2b6cb0"),
-        ("host -> guest".to_string(), r.host_to_guest_gbps, format!("{} ({:.2}x)", gb(r.host_to_guest_gbps), ratio(r.host_to_guest_gbps, r.host_memcpy_gbps)), "#2f855a"),
+        (
+            "host thread -> thread".to_string(),
+            r.host_stream_gbps,
+            format!("{} ({:.2}x)", gb(r.host_stream_gbps), ratio(r.host_stream_gbps, r.host_memcpy_gbps)),
+            "#aaa",
+        ),
+        (
+            "guest -> host".to_string(),
+            r.guest_to_host_gbps,
+            format!("{} ({:.2}x)", gb(r.guest_to_host_gbps), ratio(r.guest_to_host_gbps, r.host_memcpy_gbps)),
+            "#2b6cb0",
+        ),
+        (
+            "host -> guest".to_string(),
+            r.host_to_guest_gbps,
+            format!("{} ({:.2}x)", gb(r.host_to_guest_gbps), ratio(r.host_to_guest_gbps, r.host_memcpy_gbps)),
+            "#2f855a",
+        ),
     ];
     y = s.bars(y, &format!("Streaming {} MiB in 1 MiB chunks", r.total_bytes >> 20), &stream);
     let memory: Vec<_> = r
@@ -160,18 +194,32 @@ pub fn svg(r: &Results) -> String {
         .iter()
         .flat_map(|m| {
             [
-                (format!("{} copy into mapping", m.caching), m.copy_in_mbps / 1000.0, gb(m.copy_in_mbps / 1000.0), "#c05621"),
-                (format!("{} copy out of mapping", m.caching), m.copy_out_mbps / 1000.0, gb(m.copy_out_mbps / 1000.0), "#dd6b20"),
+                (
+                    format!("{} copy into mapping", m.caching),
+                    m.copy_in_mbps / 1000.0,
+                    gb(m.copy_in_mbps / 1000.0),
+                    "#c05621",
+                ),
+                (
+                    format!("{} copy out of mapping", m.caching),
+                    m.copy_out_mbps / 1000.0,
+                    gb(m.copy_out_mbps / 1000.0),
+                    "#dd6b20",
+                ),
             ]
         })
         .collect();
     y = s.bars(y, "Guest copies through the mapping, by memory type", &memory);
     let vm = format!("VM <-> host: median {}, p99 {}", us(r.vm_latency.quantile(0.5)), us(r.vm_latency.quantile(0.99)));
-    let host = format!("host thread <-> thread: median {}, p99 {}", us(r.host_latency.quantile(0.5)), us(r.host_latency.quantile(0.99)));
+    let host = format!(
+        "host thread <-> thread: median {}, p99 {}",
+        us(r.host_latency.quantile(0.5)),
+        us(r.host_latency.quantile(0.99))
+    );
     y = s.cdf(y, &[(&vm, &r.vm_latency, "#2b6cb0"), (&host, &r.host_latency, "#888")]);
     let mut boot = vec![("kvmshm VMM".to_string(), r.boot_ours_s, format!("{:.1} s", r.boot_ours_s), "#2b6cb0")];
     if let Some(q) = r.boot_qemu_s {
-        boot.push(("QEMU microvm".to_string(), q, format!("{q:.1} s", ), "#888"));
+        boot.push(("QEMU microvm".to_string(), q, format!("{q:.1} s",), "#888"));
     }
     y = s.bars(y, "Boot to the first line of the guest's init", &boot);
     format!(
@@ -191,15 +239,47 @@ pub fn summary(r: &Results) -> String {
     let lat = median_ratio(r);
     let mut s = String::new();
     writeln!(s, "host memcpy          {:8.2} GB/s", r.host_memcpy_gbps).unwrap();
-    writeln!(s, "host thread stream   {:8.2} GB/s  {:.2} x memcpy (the same stream between two host threads)", r.host_stream_gbps, ratio(r.host_stream_gbps, r.host_memcpy_gbps)).unwrap();
-    writeln!(s, "guest -> host        {:8.2} GB/s  {g2h:.2} x memcpy (goal >= {THROUGHPUT_GOAL}: {})", r.guest_to_host_gbps, goal(g2h >= THROUGHPUT_GOAL)).unwrap();
-    writeln!(s, "host -> guest        {:8.2} GB/s  {h2g:.2} x memcpy (goal >= {THROUGHPUT_GOAL}: {})", r.host_to_guest_gbps, goal(h2g >= THROUGHPUT_GOAL)).unwrap();
+    writeln!(
+        s,
+        "host thread stream   {:8.2} GB/s  {:.2} x memcpy (the same stream between two host threads)",
+        r.host_stream_gbps,
+        ratio(r.host_stream_gbps, r.host_memcpy_gbps)
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "guest -> host        {:8.2} GB/s  {g2h:.2} x memcpy (goal >= {THROUGHPUT_GOAL}: {})",
+        r.guest_to_host_gbps,
+        goal(g2h >= THROUGHPUT_GOAL)
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "host -> guest        {:8.2} GB/s  {h2g:.2} x memcpy (goal >= {THROUGHPUT_GOAL}: {})",
+        r.host_to_guest_gbps,
+        goal(h2g >= THROUGHPUT_GOAL)
+    )
+    .unwrap();
     for (name, l) in [("round trip VM", &r.vm_latency), ("round trip host", &r.host_latency)] {
-        writeln!(s, "{name:<20} median {}, p99 {}, max {} ({} round trips)", us(l.quantile(0.5)), us(l.quantile(0.99)), us(l.max()), l.sorted_ns.len()).unwrap();
+        writeln!(
+            s,
+            "{name:<20} median {}, p99 {}, max {} ({} round trips)",
+            us(l.quantile(0.5)),
+            us(l.quantile(0.99)),
+            us(l.max()),
+            l.sorted_ns.len()
+        )
+        .unwrap();
     }
-    writeln!(s, "round-trip median    {lat:.2} x host threads (goal <= {LATENCY_GOAL}: {})", goal(lat <= LATENCY_GOAL)).unwrap();
+    writeln!(s, "round-trip median    {lat:.2} x host threads (goal <= {LATENCY_GOAL}: {})", goal(lat <= LATENCY_GOAL))
+        .unwrap();
     for m in &r.memory {
-        writeln!(s, "guest mapping {}      copy in {:.0} MB/s, copy out {:.0} MB/s", m.caching, m.copy_in_mbps, m.copy_out_mbps).unwrap();
+        writeln!(
+            s,
+            "guest mapping {}      copy in {:.0} MB/s, copy out {:.0} MB/s",
+            m.caching, m.copy_in_mbps, m.copy_out_mbps
+        )
+        .unwrap();
     }
     let qemu = r.boot_qemu_s.map_or_else(|| r.qemu_note.clone(), |q| format!("{q:.1} s"));
     writeln!(s, "boot to init         ours {:.1} s, QEMU microvm {qemu}", r.boot_ours_s).unwrap();
@@ -207,7 +287,9 @@ pub fn summary(r: &Results) -> String {
 }
 
 pub fn markdown(r: &Results) -> String {
-    let mut s = String::from("# Benchmark report\n\nWritten by `./bench.sh` (tests/src/bin/bench); every number below comes from one run.\n\n");
+    let mut s = String::from(
+        "# Benchmark report\n\nWritten by `./bench.sh` (tests/src/bin/bench); every number below comes from one run.\n\n",
+    );
     s += "![chart](chart.svg)\n\n## Machine\n\n| | |\n|---|---|\n";
     for (k, v) in &r.machine {
         writeln!(s, "| {k} | {v} |").unwrap();
