@@ -103,8 +103,43 @@ pub fn run_vm(run: &str, extra: &[&str]) -> VmResult {
     VmResult::from_output(vmm(run, extra).output().expect("start the VMM"))
 }
 
-pub fn spawn_vm(run: &str, extra: &[&str]) -> Child {
-    vmm(run, extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the VMM")
+pub fn spawn_vm(run: &str, extra: &[&str]) -> RunningVm {
+    RunningVm(Some(vmm(run, extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the VMM")))
+}
+
+/// A VMM started by a test. Dropping it kills the VM, so that a test that
+/// fails half-way does not leave a guest spinning (an echo server, say).
+pub struct RunningVm(Option<Child>);
+
+impl RunningVm {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the VM is only taken by finish()")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child().try_wait().expect("wait for the VMM").is_none()
+    }
+
+    /// Kills the VM with SIGKILL and returns how it ended.
+    pub fn kill(&mut self) -> std::process::ExitStatus {
+        let child = self.child();
+        child.kill().expect("kill the VMM");
+        child.wait().expect("wait for the VMM")
+    }
+
+    /// Waits for the VM to end and returns what it printed.
+    pub fn finish(mut self) -> VmResult {
+        VmResult::from_output(self.0.take().expect("finished once").wait_with_output().expect("VMM output"))
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Builds `programs/NAME.c` as a static musl binary in `scratch`.
@@ -159,7 +194,8 @@ pub fn kvmshm(args: &[&str]) -> VmResult {
 /// Runs `kvmshm` with `args` while `vm` runs. If the VM ends first, the
 /// command is stopped and the test fails with what the VM printed: a guest
 /// that died must not leave the host waiting for it.
-pub fn kvmshm_beside_vm(vm: &mut Child, args: &[&str]) -> VmResult {
+pub fn kvmshm_beside_vm(vm: RunningVm, args: &[&str]) -> (RunningVm, VmResult) {
+    let mut vm = vm;
     let mut tool = Command::new(host_binary("kvmshm"))
         .args(args)
         .stdout(Stdio::piped())
@@ -168,25 +204,18 @@ pub fn kvmshm_beside_vm(vm: &mut Child, args: &[&str]) -> VmResult {
         .expect("start kvmshm");
     loop {
         if tool.try_wait().expect("wait for kvmshm").is_some() {
-            return VmResult::from_output(tool.wait_with_output().expect("kvmshm output"));
+            return (vm, VmResult::from_output(tool.wait_with_output().expect("kvmshm output")));
         }
-        if vm.try_wait().expect("wait for the VMM").is_some() {
+        if !vm.is_running() {
             let _ = tool.kill();
             let tool = VmResult::from_output(tool.wait_with_output().expect("kvmshm output"));
-            let vm = VmResult::from_output(take_child(vm).wait_with_output().expect("VMM output"));
             panic!(
                 "the VM ended while `kvmshm {}` ran\nVM: {}\nkvmshm: {}",
                 args.join(" "),
-                vm.transcript(),
+                vm.finish().transcript(),
                 tool.transcript()
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-}
-
-/// Moves the pipes out of a finished child so that its output can be read.
-fn take_child(child: &mut Child) -> Child {
-    let placeholder = Command::new("true").spawn().expect("spawn true");
-    std::mem::replace(child, placeholder)
 }

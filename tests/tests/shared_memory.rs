@@ -46,31 +46,27 @@ fn both_directions_on_two_devices_live_and_after_exit() {
     let shm_big = shm(&big, "16M", 0);
     let shm_small = shm(&small, "2M", 1);
     let shm_echo = shm(&mailbox, "64K", 2);
-    let mut vm = spawn_vm(run, &["--shm", &shm_big, "--shm", &shm_small, "--shm", &shm_echo]);
+    let vm = spawn_vm(run, &["--shm", &shm_big, "--shm", &shm_small, "--shm", &shm_echo]);
 
     // The echo server starts after the writers are done; while it serves,
     // the VM runs and the host reads the guest's records from its own
     // mapping of the files, without any restart.
-    let echo = kvmshm_beside_vm(
-        &mut vm,
+    let (mut vm, echo) = kvmshm_beside_vm(
+        vm,
         &["send", mailbox.to_str().unwrap(), "--count", "1000", "--wait", "600", "--keep-serving"],
     );
     if echo.code != Some(0) {
-        let _ = vm.kill();
-        panic!(
-            "echo failed: {}\nVM: {}",
-            echo.transcript(),
-            VmResult::from_output(vm.wait_with_output().unwrap()).transcript()
-        );
+        vm.kill();
+        panic!("echo failed: {}\nVM: {}", echo.transcript(), vm.finish().transcript());
     }
     assert!(echo.console.starts_with("1000 requests"), "{}", echo.transcript());
-    assert!(vm.try_wait().unwrap().is_none(), "the VM is still running while the host checks");
+    assert!(vm.is_running(), "the VM is still running while the host checks");
     let live = ok(kvmshm(&["verify", big.to_str().unwrap(), "--writers", "4", "--records", "10000"]));
     assert!(live.console.contains("all 40000 records intact, each exactly once"), "{}", live.transcript());
-    assert!(vm.try_wait().unwrap().is_none(), "the VM is still running after the live check");
+    assert!(vm.is_running(), "the VM is still running after the live check");
     ok(kvmshm(&["send", mailbox.to_str().unwrap(), "--count", "1", "--wait", "10"]));
 
-    let out = VmResult::from_output(vm.wait_with_output().unwrap());
+    let out = vm.finish();
     assert_eq!(out.code, Some(0), "{}", out.transcript());
     for line in [
         "verify: OK: all 16773120 bytes match",
@@ -102,9 +98,7 @@ fn a_flipped_byte_fails_the_guest_check_and_the_vmm_status() {
     std::fs::write(&file, &bytes).unwrap();
 
     let shm = shm(&file, "1M", 0);
-    let out = VmResult::from_output(
-        spawn_vm("/bin/kvmshm-demo -- verify --seed 7", &["--shm", &shm]).wait_with_output().unwrap(),
-    );
+    let out = spawn_vm("/bin/kvmshm-demo -- verify --seed 7", &["--shm", &shm]).finish();
     assert_eq!(out.code, Some(1), "{}", out.transcript());
     let expected = format!(
         "verify: MISMATCH at offset 0x12345: expected {:#04x}, found {:#04x}",
@@ -125,7 +119,7 @@ fn records_published_before_a_sigkill_survive_it() {
 
     let deadline = Instant::now() + Duration::from_secs(600);
     let report = loop {
-        assert!(vm.try_wait().unwrap().is_none(), "the VM ended before it was killed");
+        assert!(vm.is_running(), "the VM ended before it was killed");
         assert!(Instant::now() < deadline, "the guest published no records in time");
         if let Ok(report) = MappedFile::open(&file).and_then(|f| f.verify_records(4, 200_000))
             && report.published >= 1000
@@ -134,8 +128,7 @@ fn records_published_before_a_sigkill_survive_it() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    vm.kill().unwrap();
-    let killed = vm.wait().unwrap();
+    let killed = vm.kill();
     assert_eq!(killed.code(), None, "killed by a signal");
 
     let after = MappedFile::open(&file).unwrap().verify_records(4, 200_000).unwrap();
@@ -150,9 +143,7 @@ fn removing_a_mapped_device_leaves_the_guest_running_and_the_mapping_gone() {
     let scratch = Scratch::new("removal");
     let file = scratch.path("shm");
     let shm = shm(&file, "1M", 0);
-    let out = VmResult::from_output(
-        spawn_vm("/bin/kvmshm-demo -- check-removal", &["--shm", &shm]).wait_with_output().unwrap(),
-    );
+    let out = spawn_vm("/bin/kvmshm-demo -- check-removal", &["--shm", &shm]).finish();
     assert_eq!(out.code, Some(0), "{}", out.transcript());
     let line = "check-removal: removed 0000:00:01.0; access to the old mapping: SIGBUS; read after removal: ENODEV";
     assert!(out.console.contains(line), "missing {line:?}\n{}", out.transcript());
