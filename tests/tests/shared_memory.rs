@@ -150,3 +150,23 @@ fn removing_a_mapped_device_leaves_the_guest_running_and_the_mapping_gone() {
     let data = std::fs::read(&file).unwrap();
     assert!(data.starts_with(b"written before the device was removed"), "the guest's write reached the file");
 }
+
+#[test]
+fn the_memory_slot_follows_bar2_when_the_guest_moves_it() {
+    let scratch = Scratch::new("move-bar");
+    let file = scratch.path("shm");
+    new_file(&file, 4 * MIB);
+    ok(kvmshm(&["fill", file.to_str().unwrap(), "--seed", "5"]));
+    let shm = shm(&file, "4M", 0);
+    // The guest moves BAR2 through the configuration space, then Linux
+    // rediscovers the device and assigns its BARs again (moving them once
+    // more); the data must be where the guest looks each time.
+    let run = "/bin/kvmshm-demo -- move-bar --to=0x200000000 :: verify --seed=5 :: write --procs=2 --records=1000";
+    let out = spawn_vm(run, &["--shm", &shm]).finish();
+    assert_eq!(out.code, Some(0), "{}", out.transcript());
+    assert!(out.console.contains("BAR2 moved from 0x100000000 to 0x200000000"), "{}", out.transcript());
+    assert!(out.log.contains("BAR2 mapped at 0x200000000"), "the VMM moved the slot\n{}", out.transcript());
+    assert!(out.console.contains("verify: OK"), "{}", out.transcript());
+    let after = ok(kvmshm(&["verify", file.to_str().unwrap(), "--writers", "2", "--records", "1000"]));
+    assert!(after.console.contains("all 2000 records intact"), "{}", after.transcript());
+}

@@ -250,7 +250,7 @@ impl Vm {
                 }
             };
             if placed {
-                debug!("ivshmem at 00:{pci_slot:02x}.0: BAR{bar} mapped at {new:#x}");
+                info!("ivshmem at 00:{pci_slot:02x}.0: BAR{bar} mapped at {new:#x}");
                 self.shm[index].mapped[usize::from(bar)] = Some(new);
             } else {
                 warn!("ivshmem at 00:{pci_slot:02x}.0: BAR{bar} at {new:#x} overlaps another device; left unmapped");

@@ -27,7 +27,7 @@ const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
     [--device PATH] [--caching wb|wc|uc] followed by one of: \
     write --procs N --records M [--seed S] [--spin K] | check-records --procs N --records M | \
     verify --seed S | echo | check-api | check-removal | memspeed --mib M | \
-    bench [--chunk-kib K] [--slots S] --total-mib T; --name=VALUE works as well as --name VALUE";
+    bench [--chunk-kib K] [--slots S] --total-mib T | move-bar --to ADDR; --name=VALUE works as well as --name VALUE";
 
 enum Command {
     Write { procs: u64, records: u64, seed: u64, spin: u64 },
@@ -38,6 +38,7 @@ enum Command {
     CheckRemoval,
     Memspeed { mib: u64 },
     Bench { chunk_kib: u64, slots: u64, total_mib: u64 },
+    MoveBar { to: u64 },
 }
 
 struct Invocation {
@@ -106,6 +107,10 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
             let [mib] = numbers(args, ["--mib"])?;
             Command::Memspeed { mib: required(mib, "--mib")? }
         }
+        "move-bar" => {
+            let [to] = numbers(args, ["--to"])?;
+            Command::MoveBar { to: required(to, "--to")? }
+        }
         "bench" => {
             let [chunk_kib, slots, total_mib] = numbers(args, ["--chunk-kib", "--slots", "--total-mib"])?;
             Command::Bench {
@@ -119,7 +124,8 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
     Ok(Invocation { device, caching, command })
 }
 
-/// Parses `--name NUMBER` pairs, each name one of `names`.
+/// Parses `--name NUMBER` pairs (decimal, or hexadecimal after 0x), each
+/// name one of `names`.
 fn numbers<const N: usize>(
     mut args: impl Iterator<Item = String>,
     names: [&str; N],
@@ -128,7 +134,11 @@ fn numbers<const N: usize>(
     while let Some(arg) = args.next() {
         let i = names.iter().position(|n| *n == arg).ok_or(format!("unknown option {arg:?}"))?;
         let value = args.next().ok_or(format!("{arg} needs a value"))?;
-        values[i] = Some(value.parse().map_err(|_| format!("{arg} {value:?} is not a number"))?);
+        let number = match value.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => value.parse().ok(),
+        };
+        values[i] = Some(number.ok_or(format!("{arg} {value:?} is not a number"))?);
     }
     Ok(values)
 }
@@ -153,6 +163,10 @@ fn main() {
             Command::CheckRemoval => check_removal(&device, path),
             Command::Memspeed { mib } => memspeed(&device, inv.caching.unwrap_or(Caching::WriteBack), mib),
             Command::Bench { chunk_kib, slots, total_mib } => bench(&device, path, chunk_kib, slots, total_mib),
+            Command::MoveBar { to } => {
+                drop(device);
+                move_bar(path, to)
+            }
         };
         if status != 0 {
             exit(status);
@@ -318,6 +332,26 @@ fn check_file_io(device: &Device, path: &str) -> usize {
     failures
 }
 
+const DRIVER_DIR: &str = "/sys/bus/pci/drivers/kvmshm";
+
+/// The PCI addresses of the devices the driver is bound to.
+fn bound_devices() -> Vec<String> {
+    let bound: Vec<String> = std::fs::read_dir(DRIVER_DIR)
+        .unwrap_or_else(|e| fail(1, &format!("{DRIVER_DIR}: {e}")))
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("0000:"))
+        .collect();
+    if bound.is_empty() {
+        fail(1, &format!("{DRIVER_DIR}: no device is bound"));
+    }
+    bound
+}
+
+fn sysfs_write(path: &str, bytes: &[u8], offset: u64) {
+    let file = std::fs::OpenOptions::new().write(true).open(path);
+    file.and_then(|f| f.write_all_at(bytes, offset)).unwrap_or_else(|e| fail(1, &format!("{path}: {e}")));
+}
+
 const REMOVAL_MARKER: &[u8] = b"written before the device was removed";
 
 /// Removes the PCI device of every kvmshm device (through sysfs) while this
@@ -327,18 +361,9 @@ const REMOVAL_MARKER: &[u8] = b"written before the device was removed";
 /// `REMOVAL_MARKER` at offset 0 first, for the host to find.
 fn check_removal(device: &Device, path: &str) -> i32 {
     device.file().write_all_at(REMOVAL_MARKER, 0).unwrap_or_else(|e| fail(1, &format!("{path}: pwrite: {e}")));
-    let driver = "/sys/bus/pci/drivers/kvmshm";
-    let bound: Vec<String> = std::fs::read_dir(driver)
-        .unwrap_or_else(|e| fail(1, &format!("{driver}: {e}")))
-        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter(|name| name.starts_with("0000:"))
-        .collect();
-    if bound.is_empty() {
-        fail(1, &format!("{driver}: no device is bound"));
-    }
+    let bound = bound_devices();
     for pci in &bound {
-        let remove = format!("/sys/bus/pci/devices/{pci}/remove");
-        std::fs::write(&remove, "1").unwrap_or_else(|e| fail(1, &format!("{remove}: {e}")));
+        sysfs_write(&format!("/sys/bus/pci/devices/{pci}/remove"), b"1", 0);
     }
     // SAFETY: this process has one thread; the child only touches the
     // mapping and leaves with _exit.
@@ -413,4 +438,49 @@ fn bench(device: &Device, path: &str, chunk_kib: u64, slots: u64, total_mib: u64
     let pings = stream.serve_pings();
     println!("bench: sent {total} chunks of {chunk} bytes, received {total} ({bad} bad), answered {pings} pings");
     if bad == 0 { 0 } else { 1 }
+}
+
+/// Moves BAR2 of the (first) kvmshm device to `to` the way firmware would,
+/// through its configuration space (memory decoding off, both halves of the
+/// 64-bit BAR, decoding on), then has Linux forget and rediscover the device,
+/// so that the driver binds again. On rediscovery Linux assigns the BARs
+/// afresh (moving them again); the commands that follow use the device
+/// wherever it ended up, so the VMM must have moved its memory slot each time.
+fn move_bar(path: &str, to: u64) -> i32 {
+    const COMMAND: u64 = 0x04;
+    const MEMORY_ENABLE: u16 = 1 << 1;
+    const BAR2: u64 = 0x18;
+    let pci = bound_devices().swap_remove(0);
+    let config_path = format!("/sys/bus/pci/devices/{pci}/config");
+    let config = std::fs::File::open(&config_path).unwrap_or_else(|e| fail(1, &format!("{config_path}: {e}")));
+    let mut bytes = [0u8; 8];
+    config.read_exact_at(&mut bytes[..2], COMMAND).unwrap_or_else(|e| fail(1, &format!("{config_path}: {e}")));
+    let command = u16::from_le_bytes([bytes[0], bytes[1]]);
+    config.read_exact_at(&mut bytes, BAR2).unwrap_or_else(|e| fail(1, &format!("{config_path}: {e}")));
+    let old = u64::from_le_bytes(bytes);
+    let new = to | (old & 0xf);
+    sysfs_write(&config_path, &(command & !MEMORY_ENABLE).to_le_bytes(), COMMAND);
+    sysfs_write(&config_path, &(new as u32).to_le_bytes(), BAR2);
+    sysfs_write(&config_path, &((new >> 32) as u32).to_le_bytes(), BAR2 + 4);
+    sysfs_write(&config_path, &command.to_le_bytes(), COMMAND);
+    sysfs_write(&format!("/sys/bus/pci/devices/{pci}/remove"), b"1", 0);
+    sysfs_write("/sys/bus/pci/rescan", b"1", 0);
+    // devtmpfs creates the node when the driver registers it again.
+    let start = Instant::now();
+    while std::fs::metadata(path).is_err() {
+        if start.elapsed().as_secs() > 30 {
+            fail(1, &format!("{path} did not come back after the rescan"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let resource_path = format!("/sys/bus/pci/devices/{pci}/resource");
+    let resources =
+        std::fs::read_to_string(&resource_path).unwrap_or_else(|e| fail(1, &format!("{resource_path}: {e}")));
+    let start = resources.lines().nth(2).and_then(|l| l.split_whitespace().next());
+    let start = start.and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()).unwrap_or(0);
+    println!(
+        "move-bar: {pci} BAR2 moved from {:#x} to {to:#x}; after the rescan Linux put it at {start:#x}",
+        old & !0xf
+    );
+    0
 }
