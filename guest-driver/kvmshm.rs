@@ -33,7 +33,7 @@ use core::ptr::{self, NonNull};
 use kernel::{
     bindings, container_of,
     error::to_result,
-    mm::Mm,
+    mm::{Mm, MmWithUser},
     device::Core,
     fs::{File, Kiocb},
     io::Io,
@@ -347,7 +347,10 @@ impl Shared {
     /// Records that `mm` maps the device, for [`Shared::revoke`].
     fn add_mapper(&self, mm: &Mm) -> Result {
         let mut mappers = self.mappers.lock();
-        mappers.retain(|m| m.mmget_not_zero().is_some());
+        // The probe reference may turn out to be the last user of another
+        // process's mm; mmput_async leaves its teardown to a workqueue instead
+        // of running it here, under this lock and the caller's mmap lock.
+        mappers.retain(|m| m.mmget_not_zero().map(MmWithUser::into_mmput_async).is_some());
         if !mappers.iter().any(|m| ptr::eq(&**m, mm)) {
             mappers.push(ARef::from(mm), GFP_KERNEL)?;
         }
