@@ -9,16 +9,16 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::io::AsRawFd;
 
-use shm_layout::{Checksum, HEADER_LEN, LayoutError, Region};
+use shm_layout::{HEADER_LEN, LayoutError, Region};
 
 /// The driver's `struct kvmshm_info`.
 #[repr(C)]
 #[derive(Default)]
 struct Info {
     size: u64,
-    // Filled by the driver; the programs need only the size.
+    // Filled by the driver; the programs need the size and the caching mode.
     _iv_position: u32,
-    _caching: u32,
+    caching: u32,
 }
 
 /// Linux's `_IOC(dir, type, nr, size)` encoding.
@@ -52,9 +52,16 @@ impl Caching {
         }
     }
 
+    const ALL: [Self; 3] = [Self::WriteBack, Self::WriteCombining, Self::Uncached];
+
     /// Parses the short names `wb`, `wc` and `uc`.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::WriteBack, Self::WriteCombining, Self::Uncached].into_iter().find(|c| c.name() == s)
+        Self::ALL.into_iter().find(|c| c.name() == s)
+    }
+
+    /// The mode the driver's value `v` stands for.
+    fn from_u32(v: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| *c as u32 == v)
     }
 }
 
@@ -83,6 +90,8 @@ fn io_error(step: &'static str) -> impl FnOnce(io::Error) -> DeviceError {
 pub struct Device {
     base: *mut u8,
     size: usize,
+    /// The memory type of the mapping, as the driver reports it.
+    caching: Caching,
     file: File,
 }
 
@@ -93,15 +102,16 @@ impl Device {
         let fd = file.as_raw_fd();
         let mut info = Info::default();
         // SAFETY: KVMSHM_IOC_INFO writes one struct kvmshm_info, which `info` is.
-        let size = if unsafe { libc::ioctl(fd, KVMSHM_IOC_INFO, &mut info) } == 0 {
-            info.size
+        let (size, driver_caching) = if unsafe { libc::ioctl(fd, KVMSHM_IOC_INFO, &mut info) } == 0 {
+            (info.size, Caching::from_u32(info.caching))
         } else {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::ENOTTY) {
                 return Err(io_error("KVMSHM_IOC_INFO")(e));
             }
-            // Not a kvmshm device: a plain file standing in for one.
-            file.metadata().map_err(io_error("cannot stat"))?.len()
+            // Not a kvmshm device: a plain file standing in for one, mapped
+            // write-back like all ordinary memory.
+            (file.metadata().map_err(io_error("cannot stat"))?.len(), Some(Caching::WriteBack))
         };
         if let Some(caching) = caching {
             let mode = caching as u32;
@@ -110,6 +120,7 @@ impl Device {
                 return Err(io_error("KVMSHM_IOC_SET_CACHING")(io::Error::last_os_error()));
             }
         }
+        let caching = caching.or(driver_caching).unwrap_or(Caching::WriteBack);
         let too_small = LayoutError::TooSmall { what: "the header", needed: HEADER_LEN as u64, available: size };
         let size = usize::try_from(size).ok().filter(|&s| s >= HEADER_LEN).ok_or(DeviceError::Layout(too_small))?;
         // SAFETY: a fresh shared mapping (addr NULL) of an fd opened
@@ -120,42 +131,16 @@ impl Device {
         if base == libc::MAP_FAILED {
             return Err(io_error("cannot map")(io::Error::last_os_error()));
         }
-        Ok(Self { base: base.cast(), size, file })
+        Ok(Self { base: base.cast(), size, caching, file })
+    }
+
+    pub fn caching(&self) -> Caching {
+        self.caching
     }
 
     /// The open device, for system calls other than the mapping.
     pub fn file(&self) -> &File {
         &self.file
-    }
-
-    /// A checksum of every byte of the region. Computed through a small
-    /// buffer: a private copy of the region would cost a page fault per page,
-    /// which is slow where guest kernel code is emulated.
-    pub fn checksum(&self) -> u64 {
-        let mut buf = [0u8; 4096];
-        let mut sum = Checksum::new();
-        for offset in (0..self.size).step_by(buf.len()) {
-            let chunk = &mut buf[..(self.size - offset).min(4096)];
-            self.read(offset, chunk);
-            sum = sum.bytes(chunk);
-        }
-        sum.finish()
-    }
-
-    /// Copies bytes into the region.
-    pub fn write(&self, offset: usize, buf: &[u8]) {
-        assert!(offset + buf.len() <= self.size, "write past the end of the region");
-        // SAFETY: the range is inside the mapping (checked above), which lives
-        // as long as self; `buf` is private memory.
-        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.base.add(offset), buf.len()) };
-    }
-
-    /// Copies bytes of the region out.
-    pub fn read(&self, offset: usize, buf: &mut [u8]) {
-        assert!(offset + buf.len() <= self.size, "read past the end of the region");
-        // SAFETY: the range is inside the mapping (checked above), which lives
-        // as long as self; `buf` is private memory.
-        unsafe { std::ptr::copy_nonoverlapping(self.base.add(offset), buf.as_mut_ptr(), buf.len()) };
     }
 
     pub fn region(&self) -> Region<'_> {

@@ -9,8 +9,8 @@ use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
-use crate::LayoutError;
 use crate::header::HEADER_LEN;
+use crate::{Checksum, LayoutError};
 
 /// The address and length of a mapped region, valid for `'a`: the lifetime
 /// of whatever owns the mapping. Copies share the mapping.
@@ -79,17 +79,32 @@ impl<'a> Region<'a> {
     }
 
     /// Copies bytes out. The protocols make sure the other side is not
-    /// writing them; if it is anyway, the checksum catches the tear.
-    pub(crate) fn read(&self, offset: usize, buf: &mut [u8]) {
+    /// writing them; if it is anyway, their checksums catch the tear.
+    pub fn read(&self, offset: usize, buf: &mut [u8]) {
         let src = self.at(offset, buf.len());
         // SAFETY: src is valid for buf.len() bytes (at), buf is private memory.
         unsafe { ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
     }
 
-    pub(crate) fn write(&self, offset: usize, buf: &[u8]) {
+    /// Copies bytes in.
+    pub fn write(&self, offset: usize, buf: &[u8]) {
         let dst = self.at(offset, buf.len());
         // SAFETY: dst is valid for buf.len() bytes (at), buf is private memory.
         unsafe { ptr::copy_nonoverlapping(buf.as_ptr(), dst, buf.len()) };
+    }
+
+    /// A checksum of every byte. Computed through a small buffer: a private
+    /// copy of a guest's region would cost a page fault per page, which is
+    /// slow where guest kernel code is emulated.
+    pub fn checksum(&self) -> u64 {
+        let mut buf = [0u8; 4096];
+        let mut sum = Checksum::new();
+        for offset in (0..self.size).step_by(buf.len()) {
+            let chunk = &mut buf[..(self.size - offset).min(4096)];
+            self.read(offset, chunk);
+            sum = sum.bytes(chunk);
+        }
+        sum.finish()
     }
 }
 

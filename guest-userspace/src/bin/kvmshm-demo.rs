@@ -161,7 +161,7 @@ fn main() {
             Command::Echo => echo(&device, path),
             Command::CheckApi => check_api(&device, path),
             Command::CheckRemoval => check_removal(&device, path),
-            Command::Memspeed { mib } => memspeed(&device, inv.caching.unwrap_or(Caching::WriteBack), mib),
+            Command::Memspeed { mib } => memspeed(&device, mib),
             Command::Bench { chunk_kib, slots, total_mib } => bench(&device, path, chunk_kib, slots, total_mib),
             Command::MoveBar { to } => {
                 drop(device);
@@ -261,7 +261,7 @@ fn check_api(device: &Device, path: &str) -> i32 {
     let page = 4096;
     let fd = device.file().as_raw_fd();
     let rw = libc::PROT_READ | libc::PROT_WRITE;
-    let before = device.checksum();
+    let before = device.region().checksum();
     let bad: [(&str, usize, i32, i64); 6] = [
         ("MAP_PRIVATE", page, libc::MAP_PRIVATE, 0),
         ("length past the end", size + page, libc::MAP_SHARED, 0),
@@ -286,7 +286,7 @@ fn check_api(device: &Device, path: &str) -> i32 {
             failures += 1;
         }
     }
-    if device.checksum() != before {
+    if device.region().checksum() != before {
         eprintln!("kvmshm-demo: {path}: the region changed during the refused mmap calls");
         failures += 1;
     }
@@ -302,14 +302,14 @@ fn check_api(device: &Device, path: &str) -> i32 {
 /// pwrite lands where the mapping sees it and pread returns what the mapping
 /// holds, at an offset in the last page; the bytes are restored afterwards.
 fn check_file_io(device: &Device, path: &str) -> usize {
-    let before = device.checksum();
+    let before = device.region().checksum();
     let offset = device.region().size() - 100;
     let mut original = [0; 64];
-    device.read(offset, &mut original);
+    device.region().read(offset, &mut original);
     let probe = original.map(|b| !b);
     let mapped = || {
         let mut now = [0; 64];
-        device.read(offset, &mut now);
+        device.region().read(offset, &mut now);
         now
     };
     let mut failures = 0;
@@ -328,7 +328,10 @@ fn check_file_io(device: &Device, path: &str) -> usize {
     check("pwrite", file.write_all_at(&probe, offset as u64).map(|()| mapped() == probe));
     let mut back = [0; 64];
     check("pread", file.read_exact_at(&mut back, offset as u64).map(|()| back == probe));
-    check("restoring pwrite", file.write_all_at(&original, offset as u64).map(|()| device.checksum() == before));
+    check(
+        "restoring pwrite",
+        file.write_all_at(&original, offset as u64).map(|()| device.region().checksum() == before),
+    );
     failures
 }
 
@@ -371,7 +374,7 @@ fn check_removal(device: &Device, path: &str) -> i32 {
         -1 => fail(1, &format!("fork: {}", io::Error::last_os_error())),
         0 => {
             let mut byte = [0];
-            device.read(0, &mut byte);
+            device.region().read(0, &mut byte);
             // SAFETY: ends the child at once.
             unsafe { libc::_exit(0) }
         }
@@ -394,14 +397,14 @@ fn check_removal(device: &Device, path: &str) -> i32 {
 /// Copy bandwidth through the mapping with its memory type: private buffer
 /// into the region ("copy in", as a producer does) and back out ("copy
 /// out", as a consumer does), over `mib` MiB or the whole region if smaller.
-fn memspeed(device: &Device, caching: Caching, mib: u64) -> i32 {
+fn memspeed(device: &Device, mib: u64) -> i32 {
     let len = (mib as usize) << 20;
     let len = len.min(device.region().size()) & !0xffff;
     let mut buf = vec![0x5au8; 64 << 10];
     let pass = |copy_in: bool, buf: &mut [u8]| {
         let start = Instant::now();
         for offset in (0..len).step_by(buf.len()) {
-            if copy_in { device.write(offset, buf) } else { device.read(offset, buf) }
+            if copy_in { device.region().write(offset, buf) } else { device.region().read(offset, buf) }
         }
         start.elapsed().as_secs_f64()
     };
@@ -412,7 +415,7 @@ fn memspeed(device: &Device, caching: Caching, mib: u64) -> i32 {
     let copy_out = len as f64 / pass(false, &mut buf) / 1e6;
     println!(
         "memspeed: caching {}: copy in {copy_in:.0} MB/s, copy out {copy_out:.0} MB/s ({len} bytes)",
-        caching.name()
+        device.caching().name()
     );
     0
 }
