@@ -21,7 +21,7 @@ use crate::shm::SharedFile;
 use crate::{boot, cpu, host, layout, mptable};
 
 /// What the guest always gets on its command line. `reboot=k` makes its
-/// power-off (a reboot, see images/init) reach our i8042 reset port;
+/// power-off (a reboot, see guest-userspace's init) reach our i8042 reset port;
 /// `panic=-1` turns a panic into an immediate reset.
 const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
 

@@ -135,16 +135,22 @@ fn host_stream(scratch: &Scratch, total: u64) -> anyhow::Result<f64> {
             producer.answer_ping();
             (0..chunks).for_each(|n| producer.send(Direction::GuestToHost, n, &buf));
         });
-        let mut buf = vec![0u8; CHUNK as usize];
-        consumer.ping(1);
-        let start = Instant::now();
-        for n in 0..chunks {
-            if let Err(bad) = consumer.receive(Direction::GuestToHost, n, &mut buf) {
-                bail!("host stream chunk {n} is damaged: {bad:?}");
-            }
-        }
-        Ok(gbps(total, start.elapsed()))
+        consume(&consumer, "host stream")
     })
+}
+
+/// The consuming side of a guest-to-host stream: gives the producer its go
+/// (the first ping), then takes every chunk; returns GB/s from the go on.
+fn consume(stream: &Stream, what: &str) -> anyhow::Result<f64> {
+    let mut buf = vec![0u8; stream.chunk_len()];
+    stream.ping(1);
+    let start = Instant::now();
+    for n in 0..stream.total() {
+        if let Err(bad) = stream.receive(Direction::GuestToHost, n, &mut buf) {
+            bail!("{what} chunk {n} is damaged: {bad:?}");
+        }
+    }
+    Ok(gbps(stream.total() * stream.chunk_len() as u64, start.elapsed()))
 }
 
 /// Keeps the calling thread on one CPU, so that the two sides of every
@@ -298,19 +304,11 @@ fn run_vm(scratch: &Scratch, total_mib: u64, round_trips: u64) -> anyhow::Result
     let stream = await_vm(&mut vm, "the guest to format the ring", || Stream::open(file.region()).ok())?;
     let total = stream.total();
     let bytes = total * CHUNK;
-    let mut buf = vec![0u8; CHUNK as usize];
 
     stream.touch_ring();
-    stream.ping(1);
-    let start = Instant::now();
-    for n in 0..total {
-        if let Err(bad) = stream.receive(Direction::GuestToHost, n, &mut buf) {
-            bail!("guest->host chunk {n} is damaged: {bad:?}");
-        }
-    }
-    let g2h = gbps(bytes, start.elapsed());
+    let g2h = consume(&stream, "guest->host")?;
 
-    buf.fill(0x3c);
+    let buf = vec![0x3cu8; CHUNK as usize];
     let start = Instant::now();
     for n in 0..total {
         stream.send(Direction::HostToGuest, n, &buf);
