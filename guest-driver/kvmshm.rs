@@ -34,7 +34,7 @@ use kernel::{
     bindings, container_of,
     error::to_result,
     mm::{Mm, MmWithUser},
-    device::Core,
+    device::{Bound, Core},
     fs::{File, Kiocb},
     io::Io,
     ioctl::{_IOR, _IOW},
@@ -128,8 +128,9 @@ impl Caching {
     }
 }
 
-/// The most devices the driver handles at once.
-const MAX_DEVICES: usize = 16;
+/// The most devices the driver handles at once: as many as the kvmshm VMM can create (its PCI
+/// bus 0 has 32 slots, one of them the host bridge's).
+const MAX_DEVICES: usize = 31;
 
 /// Misc device names; a misc device name must live as long as its registration.
 static NAMES: [&CStr; MAX_DEVICES] = [
@@ -149,10 +150,26 @@ static NAMES: [&CStr; MAX_DEVICES] = [
     c"kvmshm13",
     c"kvmshm14",
     c"kvmshm15",
+    c"kvmshm16",
+    c"kvmshm17",
+    c"kvmshm18",
+    c"kvmshm19",
+    c"kvmshm20",
+    c"kvmshm21",
+    c"kvmshm22",
+    c"kvmshm23",
+    c"kvmshm24",
+    c"kvmshm25",
+    c"kvmshm26",
+    c"kvmshm27",
+    c"kvmshm28",
+    c"kvmshm29",
+    c"kvmshm30",
 ];
 
 /// Bit `i` is set while the name `NAMES[i]` belongs to a device.
 static USED_INDICES: Atomic<u32> = Atomic::new(0);
+static_assert!(MAX_DEVICES <= u32::BITS as usize);
 
 /// An index into [`NAMES`], owned until dropped.
 struct DeviceIndex(usize);
@@ -522,7 +539,7 @@ impl MiscDevice for KvmShmFile {
         // device's `misc` field is dropped, takes `misc_mtx`. So the device cannot get past
         // dropping `misc` until we return, and `shared`, declared after `misc`, is dropped after
         // it: `shared` is valid for this call. Only that field is borrowed.
-        let shared = unsafe { &(*container_of!(misc, KvmShmDevice, misc)).shared };
+        let shared = unsafe { &(*container_of!(misc, KvmShmDevice<'_>, misc)).shared };
         Self::new(shared, file)
     }
 
@@ -600,17 +617,67 @@ impl MiscDevice for KvmShmFile {
     }
 }
 
-/// PCI driver data of one device.
+/// A BAR claimed for this driver with `pci_request_region()`, as PCI drivers claim the BARs they
+/// use (it then shows as "kvmshm" in `/proc/iomem`, and no other driver can claim it), until
+/// dropped. The kernel crate claims a BAR only together with a kernel mapping of all of it
+/// (`iomap_region`); BAR2, up to gigabytes of RAM, is mapped only for user space and for each
+/// `read()` and `write()`, with the device's memory type, so it is claimed on its own.
+///
+/// # Invariants
+///
+/// `bar` of `pdev` is claimed by this object.
+struct RegionClaim<'a> {
+    pdev: &'a pci::Device<Bound>,
+    bar: i32,
+}
+
+impl<'a> RegionClaim<'a> {
+    fn new(pdev: &'a pci::Device<Bound>, bar: u32, name: &'static CStr) -> Result<Self> {
+        // Checks that the BAR exists (`resource_len` fails for an invalid index).
+        pdev.resource_len(bar)?;
+        let bar = i32::try_from(bar)?;
+        // SAFETY: `raw_pci_dev` gives the `pci_dev` of a bound device; `bar` is a valid index
+        // (checked above) and `name` a static string.
+        let ret = unsafe { bindings::pci_request_region(raw_pci_dev(pdev), bar, name.as_char_ptr()) };
+        if ret != 0 {
+            return Err(EBUSY);
+        }
+        // INVARIANT: the region was just claimed.
+        Ok(Self { pdev, bar })
+    }
+}
+
+impl Drop for RegionClaim<'_> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant the region is claimed by us; the device is still bound
+        // (`pdev` lives for the binding).
+        unsafe { bindings::pci_release_region(raw_pci_dev(self.pdev), self.bar) };
+    }
+}
+
+/// The C `struct pci_dev` of `pdev`, for the PCI calls the kernel crate has no wrapper for.
+fn raw_pci_dev(pdev: &pci::Device<Bound>) -> *mut bindings::pci_dev {
+    // CAST: `pci::Device` is `#[repr(transparent)]` over `Opaque<bindings::pci_dev>`, so a
+    // pointer to it is a pointer to the `pci_dev`, which `Opaque` lets C code mutate.
+    ptr::from_ref(pdev).cast::<bindings::pci_dev>().cast_mut()
+}
+
+/// PCI driver data of one device, for as long as it is bound (`'bound`).
 ///
 /// Field order matters: fields are dropped in declaration order, `misc` (deregistration) first,
 /// then `shared`, which `KvmShmFile::open` may use until deregistration, then `index`, so that
-/// the name is only reused after it has been deregistered.
+/// the name is only reused after it has been deregistered, and the BARs last, once nothing can
+/// reach them any more (unbind has revoked the user mappings).
 #[pin_data]
-struct KvmShmDevice {
+struct KvmShmDevice<'bound> {
     #[pin]
     misc: MiscDeviceRegistration<KvmShmFile>,
     shared: Arc<Shared>,
     index: DeviceIndex,
+    /// BAR0, the registers, claimed and mapped.
+    _registers: pci::Bar<'bound, BAR0_SIZE>,
+    /// BAR2, the shared memory, claimed.
+    _memory: RegionClaim<'bound>,
 }
 
 struct KvmShmDriver;
@@ -626,7 +693,7 @@ kernel::pci_device_table!(
 
 impl pci::Driver for KvmShmDriver {
     type IdInfo = ();
-    type Data<'bound> = KvmShmDevice;
+    type Data<'bound> = KvmShmDevice<'bound>;
 
     const ID_TABLE: pci::IdTable<Self::IdInfo> = &PCI_TABLE;
 
@@ -636,10 +703,9 @@ impl pci::Driver for KvmShmDriver {
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
         pin_init::pin_init_scope(move || {
             pdev.enable_device_mem()?;
-            // BAR0 is only needed for IVPosition: map it, read the register, unmap it.
-            let iv_position = pdev
-                .iomap_region_sized::<BAR0_SIZE>(0, c"kvmshm")?
-                .read32(IVPOSITION);
+            let registers = pdev.iomap_region_sized::<BAR0_SIZE>(0, c"kvmshm")?;
+            let memory = RegionClaim::new(pdev, SHMEM_BAR, c"kvmshm")?;
+            let iv_position = registers.read32(IVPOSITION);
             let shared = Shared::new(pdev, iv_position)?;
             let index = DeviceIndex::alloc()?;
             let name = index.name();
@@ -656,6 +722,8 @@ impl pci::Driver for KvmShmDriver {
             Ok(try_pin_init!(KvmShmDevice {
                 shared,
                 index,
+                _registers: registers,
+                _memory: memory,
                 misc <- MiscDeviceRegistration::register(MiscDeviceOptions { name }),
             }))
         })

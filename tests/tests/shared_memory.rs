@@ -71,7 +71,7 @@ fn both_directions_on_two_devices_live_and_after_exit() {
     for line in [
         "verify: OK: all 16773120 bytes match",
         "verify: OK: all 2093056 bytes match",
-        "check-api: 6 bad mmap requests refused with EINVAL, region unchanged, pread/pwrite agree with the mapping: OK",
+        "check-api: 6 bad mmap requests refused with EINVAL, region unchanged, pread/pwrite agree with the mapping, BAR0 and BAR2 of each device claimed: OK",
         "write: 4 processes, 40000 records, 2560000 bytes",
         "write: 2 processes, 2000 records, 128000 bytes",
         "echo: served 1001 requests",
@@ -169,4 +169,15 @@ fn the_memory_slot_follows_bar2_when_the_guest_moves_it() {
     assert!(out.console.contains("verify: OK"), "{}", out.transcript());
     let after = ok(kvmshm(&["verify", file.to_str().unwrap(), "--writers", "2", "--records", "1000"]));
     assert!(after.console.contains("all 2000 records intact"), "{}", after.transcript());
+}
+
+#[test]
+fn as_many_devices_as_the_bus_takes_each_claimed_by_the_driver() {
+    let scratch = Scratch::new("many-devices");
+    let files: Vec<_> = (0..31).map(|i| scratch.path(&format!("shm{i}"))).collect();
+    let shm: Vec<String> = files.iter().enumerate().map(|(i, f)| shm(f, "4K", i as u32)).collect();
+    let args: Vec<&str> = shm.iter().flat_map(|s| ["--shm", s.as_str()]).collect();
+    let out = spawn_vm("/bin/kvmshm-demo -- --device=/dev/kvmshm30 check-api", &args).finish();
+    assert_eq!(out.code, Some(0), "{}", out.transcript());
+    assert!(out.console.contains("BAR0 and BAR2 of each device claimed: OK"), "{}", out.transcript());
 }

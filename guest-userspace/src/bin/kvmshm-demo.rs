@@ -291,12 +291,26 @@ fn check_api(device: &Device, path: &str) -> i32 {
         failures += 1;
     }
     failures += check_file_io(device, path);
+    let claimed = claimed_bars();
+    let devices = std::fs::read_dir("/dev").map_or(0, |d| {
+        d.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("kvmshm"))).count()
+    });
+    if claimed != 2 * devices {
+        eprintln!("kvmshm-demo: /proc/iomem shows {claimed} regions claimed by kvmshm for {devices} devices, not 2 each");
+        failures += 1;
+    }
     println!(
-        "check-api: {} bad mmap requests refused with EINVAL, region unchanged, pread/pwrite agree with the mapping: {}",
+        "check-api: {} bad mmap requests refused with EINVAL, region unchanged, pread/pwrite agree with the mapping, \
+         BAR0 and BAR2 of each device claimed: {}",
         bad.len(),
         if failures == 0 { "OK" } else { "FAILED" }
     );
     if failures == 0 { 0 } else { 1 }
+}
+
+/// The regions /proc/iomem lists as the driver's ("... : kvmshm").
+fn claimed_bars() -> usize {
+    std::fs::read_to_string("/proc/iomem").map_or(0, |t| t.lines().filter(|l| l.ends_with(" : kvmshm")).count())
 }
 
 /// pwrite lands where the mapping sees it and pread returns what the mapping
