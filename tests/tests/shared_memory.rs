@@ -165,7 +165,7 @@ fn the_memory_slot_follows_bar2_when_the_guest_moves_it() {
     let out = spawn_vm(run, &["--shm", &shm]).finish();
     assert_eq!(out.code, Some(0), "{}", out.transcript());
     assert!(out.console.contains("BAR2 moved from 0x100000000 to 0x200000000"), "{}", out.transcript());
-    assert!(out.log.contains("BAR2 mapped at 0x200000000"), "the VMM moved the slot\n{}", out.transcript());
+    assert!(out.log.contains("BAR2 of 00:01.0 mapped at 0x200000000"), "the VMM moved the slot\n{}", out.transcript());
     assert!(out.console.contains("verify: OK"), "{}", out.transcript());
     let after = ok(kvmshm(&["verify", file.to_str().unwrap(), "--writers", "2", "--records", "1000"]));
     assert!(after.console.contains("all 2000 records intact"), "{}", after.transcript());

@@ -96,3 +96,16 @@ fn shm_file_is_created_with_mode_0600_and_sized() {
     assert_eq!(meta.len(), 64 << 10);
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 }
+
+#[test]
+fn more_devices_than_the_bus_takes() {
+    let kernel = image_file("vmlinux");
+    let mut args = vec!["--kernel".to_string(), kernel.to_str().unwrap().to_string()];
+    for i in 0..32 {
+        args.extend(["--shm".into(), format!("path=/nonexistent/shm{i},size=4K")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, err) = vmm(&args);
+    assert_eq!(code, Some(125));
+    assert!(err.contains("32 --shm devices: the PCI bus takes at most 31"), "{err}");
+}

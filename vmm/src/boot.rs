@@ -9,30 +9,32 @@ use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{Elf, KernelLoader};
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("kernel {path}: {source}")]
+    #[error("kernel {path}")]
     KernelOpen { path: PathBuf, source: std::io::Error },
     #[error(
-        "kernel {path}: not an ELF vmlinux ({source}); this VMM boots the uncompressed vmlinux (images/out/vmlinux), not a bzImage"
+        "kernel {path}: not an ELF vmlinux (this VMM boots the uncompressed vmlinux, images/out/vmlinux, not a bzImage)"
     )]
     KernelFormat { path: PathBuf, source: linux_loader::loader::Error },
-    #[error("initramfs {path}: {source}")]
+    #[error("initramfs {path}")]
     InitrdOpen { path: PathBuf, source: std::io::Error },
     #[error(
         "initramfs {path} ({size} bytes) does not fit in guest memory above the kernel (which ends at {kernel_end:#x}); give the guest more memory with --memory"
     )]
     InitrdTooBig { path: PathBuf, size: u64, kernel_end: u64 },
-    #[error("writing the initramfs into guest memory: {0}")]
-    InitrdWrite(vm_memory::GuestMemoryError),
-    #[error("kernel command line: {0}")]
-    Cmdline(linux_loader::cmdline::Error),
-    #[error("writing boot data into guest memory: {0}")]
-    Write(String),
+    #[error("writing the initramfs into guest memory")]
+    InitrdWrite(#[source] vm_memory::GuestMemoryError),
+    #[error("kernel command line")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error("writing the kernel command line into guest memory")]
+    CmdlineWrite(#[source] linux_loader::loader::Error),
+    #[error("writing the zero page into guest memory")]
+    ZeroPage(#[source] linux_loader::configurator::Error),
 }
 
 /// The kernel's entry point and what the zero page must say about it.
@@ -75,11 +77,6 @@ pub fn build_cmdline(parts: &[&str]) -> Result<Cmdline, Error> {
     Ok(cmdline)
 }
 
-#[derive(Copy, Clone, Default)]
-struct ZeroPage(boot_params);
-// SAFETY: boot_params is a plain C struct of integers (bindgen output), valid for any bit pattern.
-unsafe impl ByteValued for ZeroPage {}
-
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
 
@@ -90,12 +87,11 @@ pub fn write_boot_params(
     initrd: Option<&Initrd>,
     ram_size: u64,
 ) -> Result<(), Error> {
-    linux_loader::loader::load_cmdline(mem, GuestAddress(layout::CMDLINE), cmdline)
-        .map_err(|e| Error::Write(format!("command line: {e}")))?;
+    linux_loader::loader::load_cmdline(mem, GuestAddress(layout::CMDLINE), cmdline).map_err(Error::CmdlineWrite)?;
     let cmdline_len = cmdline.as_cstring().map_err(Error::Cmdline)?.as_bytes().len();
 
-    let mut params = ZeroPage::default();
-    let hdr = &mut params.0.hdr;
+    let mut params = boot_params::default();
+    let hdr = &mut params.hdr;
     hdr.boot_flag = 0xaa55;
     hdr.header = 0x5372_6448; // "HdrS"
     hdr.type_of_loader = 0xff;
@@ -112,12 +108,12 @@ pub fn write_boot_params(
         (layout::HIGH_RAM, ram_size - layout::HIGH_RAM, E820_RAM),
     ];
     for (i, &(addr, size, type_)) in e820.iter().enumerate() {
-        params.0.e820_table[i] = boot_e820_entry { addr, size, r#type: type_ };
+        params.e820_table[i] = boot_e820_entry { addr, size, r#type: type_ };
     }
-    params.0.e820_entries = e820.len() as u8;
+    params.e820_entries = e820.len() as u8;
     LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
-        &BootParams::new::<ZeroPage>(&params, GuestAddress(layout::ZERO_PAGE)),
+        &BootParams::new::<boot_params>(&params, GuestAddress(layout::ZERO_PAGE)),
         mem,
     )
-    .map_err(|e| Error::Write(format!("zero page: {e}")))
+    .map_err(Error::ZeroPage)
 }

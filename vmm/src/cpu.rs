@@ -9,9 +9,9 @@ use crate::layout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("KVM {what}: {source}")]
+    #[error("KVM {what}")]
     Kvm { what: &'static str, source: kvm_ioctls::Error },
-    #[error("writing the boot page tables or GDT: {0}")]
+    #[error("writing the boot page tables or GDT")]
     Memory(#[from] vm_memory::GuestMemoryError),
 }
 

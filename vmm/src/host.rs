@@ -9,11 +9,10 @@
 
 use std::time::Instant;
 
-use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{Bytes, GuestAddress};
 
-use crate::cpu;
+use crate::{cpu, memory};
 
 /// The flags that keep Linux off the instructions the emulator lacks. INT3
 /// and FWAIT, which Linux cannot avoid, are finished by the VMM instead
@@ -23,13 +22,15 @@ pub const EMULATED_KERNEL_CMDLINE: &str = "noxsave clearcpuid=popcnt,cx16,smap,f
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("probe VM: {0}")]
+    #[error("host probe VM")]
     Kvm(#[from] kvm_ioctls::Error),
-    #[error("probe VM: {0}")]
+    #[error("host probe VM")]
     Cpu(#[from] cpu::Error),
-    #[error("probe VM memory: {0}")]
-    Memory(String),
-    #[error("probe VM: unexpected exit {0}")]
+    #[error("host probe VM")]
+    Ram(#[from] memory::Error),
+    #[error("host probe VM: writing its code")]
+    Code(#[from] vm_memory::GuestMemoryError),
+    #[error("host probe VM: unexpected exit {0}")]
     Exit(String),
 }
 
@@ -63,26 +64,14 @@ const POPCNT: u64 = 0x1010;
 
 pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
     let vm = kvm.create_vm()?;
-    let mem =
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).map_err(|e| Error::Memory(e.to_string()))?;
-    let region = mem.iter().next().expect("one region");
-    let slot = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: region.len(),
-        userspace_addr: region.get_host_address(MemoryRegionAddress(0)).map_err(|e| Error::Memory(e.to_string()))?
-            as u64,
-        flags: 0,
-    };
-    // SAFETY: the region stays mapped for as long as `mem`, which outlives `vm` here.
-    unsafe { vm.set_user_memory_region(slot)? };
+    // Kept until `vm` is gone (dropped in that order at the end).
+    let mem = memory::create_ram(&vm, 2 << 20)?;
     let mut code = vec![0xb9];
     code.extend_from_slice(&LOOP_ITERATIONS.to_le_bytes()); // mov ecx, N
     code.extend_from_slice(&[0xff, 0xc9, 0x75, 0xfc, 0xf4]); // 1: dec ecx; jnz 1b; hlt
-    mem.write_slice(&code, GuestAddress(CODE)).map_err(|e| Error::Memory(e.to_string()))?;
+    mem.write_slice(&code, GuestAddress(CODE))?;
     // popcnt rax, rbx; hlt
-    mem.write_slice(&[0xf3, 0x48, 0x0f, 0xb8, 0xc3, 0xf4], GuestAddress(POPCNT))
-        .map_err(|e| Error::Memory(e.to_string()))?;
+    mem.write_slice(&[0xf3, 0x48, 0x0f, 0xb8, 0xc3, 0xf4], GuestAddress(POPCNT))?;
 
     let mut vcpu = vm.create_vcpu(0)?;
     cpu::setup_long_mode(&mem, &vcpu, CODE, 0)?;

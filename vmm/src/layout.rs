@@ -7,6 +7,7 @@
 //! 0x0010_0000  RAM above 1 MiB: kernel at its ELF address, initramfs at the top of RAM
 //! 0xc000_0000  32-bit PCI window: BAR0 of each ivshmem device
 //! 0xfec0_0000  IOAPIC                  0xfee0_0000  local APIC
+//! 0xfffb_d000  KVM's TSS (3 pages; Intel's VM entry needs one)
 //! 4 GiB..      64-bit PCI window: BAR2 (shared memory) of each ivshmem device
 //! ```
 
@@ -31,4 +32,5 @@ pub const MIN_RAM: u64 = 32 << 20;
 pub const PCI_MMIO32_START: u64 = 0xc000_0000;
 pub const PCI_MMIO32_END: u64 = IOAPIC;
 pub const IOAPIC: u64 = 0xfec0_0000;
+pub const KVM_TSS: u64 = 0xfffb_d000;
 pub const PCI_MMIO64_START: u64 = 1 << 32;

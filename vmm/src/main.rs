@@ -3,11 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use vmm::{ShmConfig, Vm, VmConfig};
-
-/// Exit status when the VMM itself fails (bad input, guest panic, triple
-/// fault...), as opposed to the status of the program the guest ran.
-const VMM_FAILURE: u8 = 125;
+use vmm::{ShmConfig, VMM_FAILURE, Vm, VmConfig, seccomp};
 
 /// Boot a Linux guest and share host files with it through ivshmem PCI devices.
 ///
@@ -30,7 +26,8 @@ struct Args {
     cmdline: String,
     /// A shared-memory device: path=FILE,size=SIZE[,id=N]. SIZE is a power of
     /// two with an optional K, M or G suffix; a missing FILE is created, an
-    /// existing one must be at least SIZE bytes. Repeat for more devices.
+    /// existing one must be at least SIZE bytes. Repeat for more devices (at
+    /// most 31).
     #[arg(long, value_parser = parse_shm)]
     shm: Vec<ShmConfig>,
     /// Sample the guest's instruction pointer every millisecond and print the
@@ -40,6 +37,13 @@ struct Args {
     /// Forward standard input to the guest console (for an interactive shell).
     #[arg(long)]
     console_input: bool,
+    /// The system-call filter the VMM runs under once the guest starts:
+    /// `off` and `log` are for debugging.
+    #[arg(long, value_enum, default_value_t = seccomp::Mode::On)]
+    seccomp: seccomp::Mode,
+    /// For the tests: once the filter is on, make a system call it refuses.
+    #[arg(long, hide = true)]
+    seccomp_selftest: bool,
 }
 
 fn parse_shm(s: &str) -> anyhow::Result<ShmConfig> {
@@ -47,7 +51,7 @@ fn parse_shm(s: &str) -> anyhow::Result<ShmConfig> {
     for part in s.split(',') {
         match part.split_once('=') {
             Some(("path", v)) if !v.is_empty() => path = Some(PathBuf::from(v)),
-            Some(("size", v)) => size = Some(vmm::shm::parse_size(v).map_err(anyhow::Error::msg)?),
+            Some(("size", v)) => size = Some(vmm::backing::parse_size(v)?),
             Some(("id", v)) => id = v.parse().with_context(|| format!("bad id {v:?}"))?,
             _ => bail!("unknown or empty option {part:?}; expected path=FILE,size=SIZE[,id=N]"),
         }
@@ -61,9 +65,10 @@ fn parse_shm(s: &str) -> anyhow::Result<ShmConfig> {
     Ok(ShmConfig { path, size, id })
 }
 
-fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = Args::parse();
+fn run(args: Args) -> anyhow::Result<i32> {
+    if args.shm.len() > vmm::pci::MAX_DEVICES {
+        bail!("{} --shm devices: the PCI bus takes at most {}", args.shm.len(), vmm::pci::MAX_DEVICES);
+    }
     let config = VmConfig {
         kernel: args.kernel,
         initrd: args.initrd,
@@ -71,28 +76,33 @@ fn main() -> ExitCode {
         cmdline: args.cmdline,
         shm: args.shm,
     };
-    let result = Vm::new(&config).and_then(|mut vm| {
-        if args.console_input {
-            vm.forward_stdin();
-        }
-        if args.profile_guest.is_some()
-            && let Err(e) = vm.start_profiler(std::time::Duration::from_millis(1))
-        {
-            log::warn!("cannot start the guest profiler: {e}");
-        }
-        let result = vm.run();
-        if let Some(report) = args.profile_guest.as_deref().and_then(|map| vm.profile_report(map)) {
-            match report {
-                Ok(text) => eprint!("{text}"),
-                Err(e) => log::warn!("guest profile: {e}"),
-            }
-        }
-        result
-    });
-    match result {
+    let mut vm = Vm::new(&config)?;
+    if args.console_input {
+        vm.forward_stdin().context("--console-input")?;
+    }
+    if let Some(map) = &args.profile_guest {
+        vm.start_profiler(std::time::Duration::from_millis(1), map)
+            .with_context(|| format!("guest profiler ({})", map.display()))?;
+    }
+    // Every thread has started: from here on, the allowlist.
+    seccomp::apply(args.seccomp)?;
+    if args.seccomp_selftest {
+        // SAFETY: getppid has no preconditions; the filter refuses it.
+        unsafe { libc::getppid() };
+    }
+    let result = vm.run();
+    if let Some(report) = vm.profile_report() {
+        eprint!("{report}");
+    }
+    Ok(result?)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Args::parse()) {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("vmm: {e}");
+            eprintln!("vmm: {e:#}");
             ExitCode::from(VMM_FAILURE)
         }
     }

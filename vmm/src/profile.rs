@@ -10,54 +10,40 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
-
-extern "C" fn interrupt_kvm_run(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+use crate::vcpu::Kicker;
 
 pub struct Profiler {
+    /// Kernel text symbols by address, read at start (the VMM opens no
+    /// files once it runs under its seccomp filter).
+    symbols: Vec<(u64, String)>,
     samples: HashMap<u64, u32>,
     stop: Arc<AtomicBool>,
     timer: Option<JoinHandle<()>>,
 }
 
 impl Profiler {
-    /// Starts interrupting the calling thread (the vCPU thread) every `interval`.
-    pub fn start(interval: Duration) -> std::io::Result<Self> {
-        register_signal_handler(SIGRTMIN(), interrupt_kvm_run)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
-        // SAFETY: pthread_self has no preconditions.
-        let vcpu_thread = unsafe { libc::pthread_self() };
+    /// Reads `system_map`, then interrupts the vCPU every `interval`.
+    pub fn start(kicker: Kicker, interval: Duration, system_map: &Path) -> std::io::Result<Self> {
+        let symbols = read_symbols(system_map)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop_timer = stop.clone();
-        let timer = std::thread::spawn(move || {
+        let timer = crate::spawn_started("profiler", move || {
             while !stop_timer.load(Ordering::Relaxed) {
                 std::thread::sleep(interval);
-                // SAFETY: the vCPU thread outlives the timer: Drop joins the
-                // timer before the Profiler, owned by the vCPU thread, is gone.
-                unsafe { libc::pthread_kill(vcpu_thread, SIGRTMIN()) };
+                kicker.kick();
             }
-        });
-        Ok(Self { samples: HashMap::new(), stop, timer: Some(timer) })
+        })?;
+        Ok(Self { symbols, samples: HashMap::new(), stop, timer: Some(timer) })
     }
 
     pub fn record(&mut self, rip: u64) {
         *self.samples.entry(rip).or_default() += 1;
     }
 
-    /// The `top` functions by share of samples, named from `system_map`
-    /// (user-space samples are counted together).
-    pub fn report(&self, system_map: &Path, top: usize) -> std::io::Result<String> {
-        let text = std::fs::read_to_string(system_map)?;
-        let mut symbols: Vec<(u64, &str)> = text
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                let addr = u64::from_str_radix(f.next()?, 16).ok()?;
-                let kind = f.next()?;
-                matches!(kind, "t" | "T").then_some((addr, f.next()?))
-            })
-            .collect();
-        symbols.sort_unstable();
+    /// The `top` functions by share of samples (user-space samples are
+    /// counted together).
+    pub fn report(&self, top: usize) -> String {
+        let symbols = &self.symbols;
         let mut by_function: HashMap<&str, u32> = HashMap::new();
         let total: u32 = self.samples.values().sum();
         for (&rip, &n) in &self.samples {
@@ -66,7 +52,7 @@ impl Profiler {
             } else {
                 match symbols.partition_point(|&(a, _)| a <= rip) {
                     0 => "(unknown kernel address)",
-                    i => symbols[i - 1].1,
+                    i => symbols[i - 1].1.as_str(),
                 }
             };
             *by_function.entry(name).or_default() += n;
@@ -77,8 +63,23 @@ impl Profiler {
         for (name, n) in rows.into_iter().take(top) {
             out += &format!("{:6.2}% {n:7} {name}\n", 100.0 * f64::from(n) / f64::from(total.max(1)));
         }
-        Ok(out)
+        out
     }
+}
+
+fn read_symbols(system_map: &Path) -> std::io::Result<Vec<(u64, String)>> {
+    let text = std::fs::read_to_string(system_map)?;
+    let mut symbols: Vec<(u64, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (addr, kind, name) = (f.next()?, f.next()?, f.next()?);
+            let text = matches!(kind, "t" | "T");
+            text.then_some((u64::from_str_radix(addr, 16).ok()?, name.to_string()))
+        })
+        .collect();
+    symbols.sort_unstable();
+    Ok(symbols)
 }
 
 impl Drop for Profiler {

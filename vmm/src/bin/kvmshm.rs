@@ -30,7 +30,7 @@ enum Command {
         seed: u64,
         /// Format only the first SIZE bytes (K, M or G suffix allowed): the
         /// device's size, when the file is larger than the VM's --shm size.
-        #[arg(long, value_parser = vmm::shm::parse_size)]
+        #[arg(long, value_parser = vmm::backing::parse_size)]
         size: Option<u64>,
     },
     /// Check the records of `kvmshm-demo write`: succeeds only if every

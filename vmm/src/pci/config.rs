@@ -14,7 +14,7 @@ pub const COMMAND_MEMORY: u16 = 1 << 1;
 /// I/O space, memory space, bus master and INTx disable: the bits a guest may set.
 const COMMAND_WRITABLE: u32 = 0x0407;
 
-const NUM_BARS: usize = 6;
+pub const NUM_BARS: usize = 6;
 const BAR_MEM_64: u32 = 0b100;
 const BAR_PREFETCH: u32 = 0b1000;
 

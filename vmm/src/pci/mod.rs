@@ -1,9 +1,9 @@
 //! PCI: configuration spaces, and bus 0 behind the legacy configuration
 //! mechanism #1 (ports 0xCF8 address, 0xCFC data) that Linux probes without ACPI.
 
-mod config;
+pub mod config;
 
-pub use config::{BarKind, Error, Identity, PciConfig};
+pub use config::{BarKind, Error, Identity, NUM_BARS, PciConfig};
 
 use std::sync::{Arc, Mutex};
 
@@ -11,14 +11,25 @@ use crate::bus::{Action, BusDevice};
 
 pub const CONFIG_ADDRESS_PORT: u64 = 0xcf8;
 pub const CONFIG_PORTS_LEN: u64 = 8;
-const NUM_SLOTS: usize = 32;
+/// Slots on bus 0; slot 0 holds the host bridge.
+pub const NUM_SLOTS: usize = 32;
+/// How many devices the bus takes besides the host bridge.
+pub const MAX_DEVICES: usize = NUM_SLOTS - 1;
+
+/// Host memory that a BAR maps into the guest (as a KVM memory slot) rather
+/// than trapping accesses to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostMemory {
+    pub addr: *mut u8,
+    pub len: u64,
+}
 
 pub trait PciDevice: Send {
     fn config(&self) -> &PciConfig;
     fn config_mut(&mut self) -> &mut PciConfig;
     /// The host memory behind a BAR that is a KVM memory slot rather than
-    /// trapped MMIO: (host address, length).
-    fn bar_memory(&self, bar: u8) -> Option<(*mut u8, u64)>;
+    /// trapped MMIO.
+    fn bar_memory(&self, bar: u8) -> Option<HostMemory>;
 }
 
 /// The host bridge at 00:00.0: Linux accepts configuration mechanism #1
@@ -51,14 +62,14 @@ impl PciDevice for HostBridge {
     fn config_mut(&mut self) -> &mut PciConfig {
         &mut self.0
     }
-    fn bar_memory(&self, _: u8) -> Option<(*mut u8, u64)> {
+    fn bar_memory(&self, _: u8) -> Option<HostMemory> {
         None
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("PCI bus 0 has no free slot")]
+    #[error("PCI bus 0 has no free slot: it takes at most {MAX_DEVICES} devices")]
     Full,
 }
 
@@ -107,24 +118,30 @@ impl Default for PciBus {
     }
 }
 
+/// Ports 0xCF8..0xCFF. Only a 4-byte access to 0xCF8 reaches the address
+/// register (as the PCI specification and Intel's chipsets have it); the data
+/// ports 0xCFC..0xCFF take 1-, 2- and 4-byte accesses that stay inside them
+/// and reach the selected register bytes. Everything else, and the data
+/// ports while no function 0 on bus 0 is selected, reads as all ones and
+/// ignores writes.
 impl BusDevice for PciBus {
-    fn read(&mut self, _: u64, offset: u64, data: &mut [u8]) {
-        match offset {
-            0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
-            4..=7 => match self.selected() {
-                Some((_, device, reg)) => device.lock().unwrap().config().read(reg + (offset as usize - 4), data),
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match (offset, data.len()) {
+            (0, 4) => data.copy_from_slice(&self.address.to_le_bytes()),
+            (4..8, len) if offset + len as u64 <= 8 => match self.selected() {
+                Some((_, device, reg)) => crate::lock(device).config().read(reg + (offset as usize - 4), data),
                 None => data.fill(0xff),
             },
             _ => data.fill(0xff),
         }
     }
 
-    fn write(&mut self, _: u64, offset: u64, data: &[u8]) -> Option<Action> {
-        match offset {
-            0 if data.len() == 4 => self.address = u32::from_le_bytes(data.try_into().unwrap()),
-            4..=7 => {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<Action> {
+        match (offset, data.len()) {
+            (0, 4) => self.address = u32::from_le_bytes(data.try_into().ok()?),
+            (4..8, len) if offset + len as u64 <= 8 => {
                 let (slot, device, reg) = self.selected()?;
-                device.lock().unwrap().config_mut().write(reg + (offset as usize - 4), data);
+                crate::lock(device).config_mut().write(reg + (offset as usize - 4), data);
                 // The VM compares each BAR's decoded address with what it has
                 // mapped: that covers moves, sizing and the command register.
                 return Some(Action::PciConfigWritten { slot });
@@ -132,5 +149,68 @@ impl BusDevice for PciBus {
             _ => {}
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bus() -> PciBus {
+        PciBus::new()
+    }
+
+    fn select(bus: &mut PciBus, slot: u32, reg: u32) {
+        bus.write(0, &(0x8000_0000 | slot << 11 | reg).to_le_bytes());
+    }
+
+    #[test]
+    fn reads_the_host_bridge_through_the_data_ports_at_any_width() {
+        let mut bus = bus();
+        select(&mut bus, 0, 0);
+        let mut id = [0u8; 4];
+        bus.read(4, &mut id);
+        assert_eq!(u32::from_le_bytes(id), 0x0d57_8086);
+        let mut b = [0u8; 2];
+        bus.read(6, &mut b);
+        assert_eq!(u16::from_le_bytes(b), 0x0d57);
+        let mut b = [0u8; 1];
+        bus.read(7, &mut b);
+        assert_eq!(b[0], 0x0d);
+    }
+
+    #[test]
+    fn odd_accesses_to_the_address_port_are_unclaimed() {
+        let mut bus = bus();
+        select(&mut bus, 0, 0);
+        bus.write(0, &[0]);
+        bus.write(1, &[0, 0]);
+        let mut a = [0u8; 4];
+        bus.read(0, &mut a);
+        assert_eq!(u32::from_le_bytes(a), 0x8000_0000, "narrow writes leave the address alone");
+        let mut b = [0u8; 2];
+        bus.read(2, &mut b);
+        assert_eq!(b, [0xff; 2]);
+    }
+
+    #[test]
+    fn absent_slots_functions_and_disabled_selection_read_all_ones() {
+        let mut bus = bus();
+        for address in [0x8000_0800u32, 0x8000_0100, 0x8001_0000, 0x0000_0000] {
+            bus.write(0, &address.to_le_bytes());
+            let mut d = [0u8; 4];
+            bus.read(4, &mut d);
+            assert_eq!(d, [0xff; 4], "{address:#x}");
+            assert_eq!(bus.write(4, &[0; 4]), None);
+        }
+    }
+
+    #[test]
+    fn plugs_devices_until_the_bus_is_full() {
+        let mut bus = bus();
+        for slot in 1..NUM_SLOTS {
+            assert_eq!(bus.add(Arc::new(Mutex::new(HostBridge::new()))).unwrap() as usize, slot);
+        }
+        assert!(matches!(bus.add(Arc::new(Mutex::new(HostBridge::new()))), Err(BusError::Full)));
     }
 }
