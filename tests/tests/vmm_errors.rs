@@ -109,3 +109,24 @@ fn more_devices_than_the_bus_takes() {
     assert_eq!(code, Some(125));
     assert!(err.contains("32 --shm devices: the PCI bus takes at most 31"), "{err}");
 }
+
+/// The host tool survives a backing file that shrinks while it waits on it
+/// (its next access raises SIGBUS) and says so.
+#[test]
+fn the_host_tool_reports_a_file_that_shrinks_under_it() {
+    let scratch = Scratch::new("tool-shrink");
+    let file = scratch.path("shm");
+    std::fs::File::create(&file).unwrap().set_len(1 << 20).unwrap();
+    // No echo server in the file: kvmshm polls it, waiting for one.
+    let tool = Command::new(host_binary("kvmshm"))
+        .args(["send", file.to_str().unwrap(), "--count", "1", "--wait", "60"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(0).unwrap();
+    let out = tool.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("{}: the file shrank to 0 bytes while this process used it", file.display())), "{err}");
+}

@@ -49,6 +49,11 @@ impl<'a> Region<'a> {
         self.size
     }
 
+    /// The start of the mapping, to identify it (never to access it).
+    pub fn base(&self) -> *const u8 {
+        self.base.as_ptr()
+    }
+
     /// The first `size` bytes of this region, if it has that many (and at
     /// least a header's worth).
     pub fn prefix(&self, size: usize) -> Option<Region<'a>> {

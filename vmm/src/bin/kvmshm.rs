@@ -83,15 +83,20 @@ fn run(command: Command) -> anyhow::Result<bool> {
         Command::Send { file, count, wait, timeout, keep_serving } => {
             let mapped = open(&file)?;
             let (wait, timeout) = (Duration::from_secs(wait), Duration::from_secs(timeout));
+            let talk = || -> Result<String, shm_layout::host::Error> {
+                let mut client = EchoClient::connect(mapped.region(), wait, timeout)?;
+                let stats = client.send(count)?;
+                if keep_serving {
+                    return Ok(format!("{stats}; server still serving"));
+                }
+                client.stop()?;
+                Ok(format!("{stats}; server stopped"))
+            };
+            let result = talk();
+            // A file that shrank explains whatever went wrong.
             let in_file = || file.display().to_string();
-            let mut client = EchoClient::connect(mapped.region(), wait, timeout).with_context(in_file)?;
-            let stats = client.send(count).with_context(in_file)?;
-            if keep_serving {
-                println!("{stats}; server still serving");
-            } else {
-                client.stop().with_context(in_file)?;
-                println!("{stats}; server stopped");
-            }
+            mapped.check().with_context(in_file)?;
+            println!("{}", result.with_context(in_file)?);
         }
     }
     Ok(true)

@@ -149,6 +149,9 @@ impl<'a> EchoClient<'a> {
             if start.elapsed() >= wait {
                 return Err(Error::NoServer { waited: wait, seen });
             }
+            if super::sigbus::faulted_at(region.base()) {
+                return Err(Error::MappingLost);
+            }
             std::thread::sleep(CONNECT_POLL);
         }
     }
@@ -216,6 +219,8 @@ impl<'a> EchoClient<'a> {
             let waited = start.elapsed();
             if waited < SPIN_FOR {
                 spin_loop();
+            } else if super::sigbus::faulted_at(self.mailbox.region.base()) {
+                return Err(Error::MappingLost);
             } else if waited < self.timeout {
                 std::thread::sleep(POLL_EVERY);
             } else {

@@ -15,6 +15,15 @@ pub enum Error {
     TooShort { path: PathBuf, len: u64 },
     #[error("cannot format {size} bytes: the size must be between the header's {HEADER_LEN} and the file's {len}")]
     FillSize { size: u64, len: u64 },
+    #[error(
+        "the file shrank to {} while this process used it (it maps {size} bytes); stopped",
+        now.map_or("fewer bytes".into(), |n| format!("{n} bytes"))
+    )]
+    Shrunk { path: PathBuf, size: u64, now: Option<u64> },
+    #[error(
+        "a mapped file shrank while this process waited on it; stopped (see the file's own error)"
+    )]
+    MappingLost,
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error("no live echo server within {waited:?}: {seen}")]

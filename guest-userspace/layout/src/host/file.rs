@@ -5,17 +5,25 @@ use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use super::sigbus::Guard;
 use super::{Error, Summary};
 use crate::records::{Records, RecordsReport};
 use crate::{HEADER_LEN, Header, Region, fill};
 
 /// A file mapped whole, shared and read-write: what this process reads and
 /// writes is what the guest (or any other process mapping it) sees.
+///
+/// If another process shortens the file meanwhile, this process is not
+/// killed by the `SIGBUS` of the next access: the mapping then reads as
+/// zeros (see [`super::sigbus`]), and every operation returns
+/// [`Error::Shrunk`] instead of what it computed from them.
 pub struct MappedFile {
     path: PathBuf,
     base: *mut u8,
     size: usize,
-    _file: File,
+    file: File,
+    /// Unregistered (dropped) before the mapping is unmapped in Drop.
+    guard: Option<Guard>,
 }
 
 impl MappedFile {
@@ -46,7 +54,24 @@ impl MappedFile {
         if base == libc::MAP_FAILED {
             return Err(Error::Map { path, size: len, source: io::Error::last_os_error() });
         }
-        Ok(Self { path, base: base.cast(), size, _file: file })
+        let guard = Some(Guard::new(base.cast(), size));
+        Ok(Self { path, base: base.cast(), size, file, guard })
+    }
+
+    /// Fails with [`Error::Shrunk`] if the file shrank under the mapping
+    /// and an access hit the missing part.
+    pub fn check(&self) -> Result<(), Error> {
+        if !self.guard.as_ref().is_some_and(Guard::faulted) {
+            return Ok(());
+        }
+        let now = self.file.metadata().map(|m| m.len()).ok();
+        Err(Error::Shrunk { path: self.path.clone(), size: self.size as u64, now })
+    }
+
+    /// `result`, unless the file shrank meanwhile: then that is the error.
+    fn checked<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        self.check()?;
+        result
     }
 
     pub fn path(&self) -> &Path {
@@ -68,21 +93,22 @@ impl MappedFile {
         let size = size.unwrap_or(len);
         let region =
             usize::try_from(size).ok().and_then(|s| self.region().prefix(s)).ok_or(Error::FillSize { size, len })?;
-        Ok(fill::fill(region, seed)?)
+        self.checked(fill::fill(region, seed).map_err(Error::from))
     }
 
     /// Checks the records of a run of `writers` processes writing `records` each.
     pub fn verify_records(&self, writers: u64, records: u64) -> Result<RecordsReport, Error> {
-        Ok(Records::open(self.region())?.check(writers, records)?)
+        self.checked(Records::open(self.region()).and_then(|r| r.check(writers, records)).map_err(Error::from))
     }
 
     pub fn inspect(&self) -> Result<Summary, Error> {
-        Summary::read(self.region())
+        self.checked(Summary::read(self.region()))
     }
 }
 
 impl Drop for MappedFile {
     fn drop(&mut self) {
+        self.guard = None;
         // SAFETY: unmaps exactly the mapping made in open(); every Region of
         // it borrowed self, so none is left.
         unsafe { libc::munmap(self.base.cast(), self.size) };
@@ -132,6 +158,21 @@ mod tests {
         assert_eq!((report.intact, report.shortfall(), report.faults()), (50, 50, 0));
         assert_eq!(host.inspect().unwrap().detail, Detail::Records { seed: 5, records: 50, published: vec![0, 50] });
         assert!(host.verify_records(3, 50).is_err());
+    }
+
+    #[test]
+    fn a_file_that_shrinks_under_the_mapping_is_an_error_not_a_crash() {
+        let path = temp_file("shrinks", 1 << 16);
+        let file = MappedFile::open(&path).unwrap();
+        file.fill(3, None).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4096).unwrap();
+        // The check reads every byte, past the new end too: SIGBUS, survived.
+        let e = file.inspect().and_then(|_| file.fill(3, None)).unwrap_err();
+        assert!(matches!(e, Error::Shrunk { size: 65536, now: Some(4096), .. }), "{e}");
+        assert!(e.to_string().contains("shrank to 4096 bytes"), "{e}");
+        // Another mapping, untouched by the fault, still works.
+        let other = temp_file("shrinks-other", 1 << 16);
+        MappedFile::open(&other).unwrap().fill(4, None).unwrap();
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod echo;
 mod error;
 mod file;
 mod inspect;
+mod sigbus;
 
 pub use echo::{AnswerFault, EchoClient, EchoStats, Seen};
 pub use error::Error;
