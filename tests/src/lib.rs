@@ -1,8 +1,17 @@
-//! Helpers for the host-side tests: they boot the real VMM (target/release/vmm)
-//! with the real guest image (images/out/), as a user would.
+//! Helpers for the host-side tests and the benchmark: they boot the real VMM
+//! (target/release/vmm) with the real guest image (images/out/), as a user would.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long a VM started by a test may run before the test fails with what
+/// the guest printed last: a hung guest must not hang `cargo test`.
+pub const VM_DEADLINE: Duration = Duration::from_secs(600);
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repository").to_path_buf()
@@ -99,43 +108,183 @@ impl VmResult {
     }
 }
 
+/// Boots the test image with `run` and waits for the end (see [`Running::finish`]).
 pub fn run_vm(run: &str, extra: &[&str]) -> VmResult {
-    VmResult::from_output(vmm(run, extra).output().expect("start the VMM"))
+    spawn_vm(run, extra).finish()
 }
 
-pub fn spawn_vm(run: &str, extra: &[&str]) -> RunningVm {
-    RunningVm(Some(vmm(run, extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the VMM")))
+/// Boots the test image with `run`, as a [`Running`] VMM.
+pub fn spawn_vm(run: &str, extra: &[&str]) -> Running {
+    Running::vmm(vmm(run, extra))
 }
 
-/// A VMM started by a test. Dropping it kills the VM, so that a test that
-/// fails half-way does not leave a guest spinning (an echo server, say).
-pub struct RunningVm(Option<Child>);
+/// A process started by a test or the benchmark: a VMM, a QEMU. Its output
+/// is read as it comes (it never blocks on a full pipe), it has a deadline,
+/// and dropping it kills it, so that a test that fails half-way does not
+/// leave a guest spinning.
+pub struct Running {
+    child: Option<Child>,
+    start: Instant,
+    deadline: Instant,
+    stdout_lines: mpsc::Receiver<(Duration, String)>,
+    stdout: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    /// For a VMM: set once every thread of it runs under seccomp.
+    seccomp: Option<Arc<AtomicBool>>,
+}
 
-impl RunningVm {
+impl Running {
+    /// Starts `cmd`; it has [`VM_DEADLINE`] to finish.
+    pub fn spawn(mut cmd: Command) -> std::io::Result<Self> {
+        let start = Instant::now();
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let (tx, stdout_lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped");
+        let out_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send((start.elapsed(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (mut err_pipe, err_text) = (child.stderr.take().expect("piped"), stderr.clone());
+        let err_reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = err_pipe.read(&mut buf) {
+                err_text.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Ok(Self {
+            child: Some(child),
+            start,
+            deadline: start + VM_DEADLINE,
+            stdout_lines,
+            stdout: Vec::new(),
+            stderr,
+            readers: vec![out_reader, err_reader],
+            seccomp: None,
+        })
+    }
+
+    /// Starts a VMM and watches `/proc/PID/task/*/status` until every one
+    /// of its threads shows `Seccomp: 2` (the filter is on).
+    pub fn vmm(cmd: Command) -> Self {
+        let mut vm = Self::spawn(cmd).expect("start the VMM");
+        let seen = Arc::new(AtomicBool::new(false));
+        let (pid, flag) = (vm.child.as_ref().expect("running").id(), seen.clone());
+        vm.readers.push(std::thread::spawn(move || {
+            let tasks = PathBuf::from(format!("/proc/{pid}/task"));
+            while let Ok(entries) = std::fs::read_dir(&tasks) {
+                let statuses: Vec<String> =
+                    entries.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("status")).ok()).collect();
+                if !statuses.is_empty() && statuses.iter().all(|s| s.lines().any(|l| l == "Seccomp:\t2")) {
+                    flag.store(true, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }));
+        vm.seccomp = Some(seen);
+        vm
+    }
+
     fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("the VM is only taken by finish()")
+        self.child.as_mut().expect("the process is only taken by finish()")
     }
 
+    fn collect_stdout(&mut self) {
+        self.stdout.extend(self.stdout_lines.try_iter().map(|(_, line)| line));
+    }
+
+    /// Kills the process and fails the test with its last output lines.
+    fn overran(&mut self) -> ! {
+        let _ = self.child().kill();
+        let _ = self.child().wait();
+        self.collect_stdout();
+        let last = self.stdout[self.stdout.len().saturating_sub(30)..].join("\n");
+        let log = self.stderr.lock().unwrap().clone();
+        panic!(
+            "still running after {:?}: killed. Its last console lines:\n{last}\n--- its log ---\n{log}",
+            self.deadline - self.start
+        );
+    }
+
+    /// Whether it still runs; fails the test once the deadline has passed.
     pub fn is_running(&mut self) -> bool {
-        self.child().try_wait().expect("wait for the VMM").is_none()
+        let running = self.child().try_wait().expect("wait for the child").is_none();
+        if running && Instant::now() > self.deadline {
+            self.overran();
+        }
+        running
     }
 
-    /// Kills the VM with SIGKILL and returns how it ended.
-    pub fn kill(&mut self) -> std::process::ExitStatus {
+    /// Kills it with SIGKILL and returns how it ended.
+    pub fn kill(&mut self) -> ExitStatus {
         let child = self.child();
-        child.kill().expect("kill the VMM");
-        child.wait().expect("wait for the VMM")
+        child.kill().expect("kill the child");
+        child.wait().expect("wait for the child")
     }
 
-    /// Waits for the VM to end and returns what it printed.
-    pub fn finish(mut self) -> VmResult {
-        VmResult::from_output(self.0.take().expect("finished once").wait_with_output().expect("VMM output"))
+    /// Waits until a line of standard output contains `marker`; returns
+    /// when it came, from the start, or what was printed instead.
+    pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<Duration, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout_lines.recv_timeout(left) {
+                Ok((at, line)) => {
+                    let found = line.contains(marker);
+                    self.stdout.push(line);
+                    if found {
+                        return Ok(at);
+                    }
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "no {marker:?} within {timeout:?}; output so far:\n{}",
+                        self.stdout.join("\n")
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Waits for the end (failing the test at the deadline) and returns
+    /// what it printed. For a VMM, also checks that it ran under seccomp.
+    pub fn finish(self) -> VmResult {
+        let check = self.seccomp.clone();
+        let out = self.finish_unchecked();
+        if let Some(seen) = check {
+            assert!(
+                seen.load(Ordering::SeqCst),
+                "the VMM never showed `Seccomp: 2` in /proc/PID/task/*/status\n{}",
+                out.transcript()
+            );
+        }
+        out
+    }
+
+    /// As [`Running::finish`], without the seccomp check.
+    pub fn finish_unchecked(mut self) -> VmResult {
+        while self.is_running() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = self.child().wait().expect("wait for the child");
+        for reader in std::mem::take(&mut self.readers) {
+            let _ = reader.join();
+        }
+        self.collect_stdout();
+        self.child = None;
+        let console = self.stdout.iter().map(|l| format!("{l}\n")).collect();
+        VmResult { code: status.code(), console, log: self.stderr.lock().unwrap().clone() }
     }
 }
 
-impl Drop for RunningVm {
+impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
+        if let Some(child) = &mut self.child {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -194,7 +343,7 @@ pub fn kvmshm(args: &[&str]) -> VmResult {
 /// Runs `kvmshm` with `args` while `vm` runs. If the VM ends first, the
 /// command is stopped and the test fails with what the VM printed: a guest
 /// that died must not leave the host waiting for it.
-pub fn kvmshm_beside_vm(vm: RunningVm, args: &[&str]) -> (RunningVm, VmResult) {
+pub fn kvmshm_beside_vm(vm: Running, args: &[&str]) -> (Running, VmResult) {
     let mut vm = vm;
     let mut tool = Command::new(host_binary("kvmshm"))
         .args(args)
@@ -216,6 +365,6 @@ pub fn kvmshm_beside_vm(vm: RunningVm, args: &[&str]) -> (RunningVm, VmResult) {
                 tool.transcript()
             );
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

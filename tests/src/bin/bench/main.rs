@@ -10,15 +10,13 @@
 
 mod report;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kvmshm_tests::{Scratch, host_binary, image_file};
+use kvmshm_tests::{Running, Scratch, host_binary, image_file};
 use shm_layout::host::MappedFile;
 use shm_layout::stream::{Direction, Stream};
 
@@ -195,70 +193,13 @@ fn host_ping_pong(scratch: &Scratch, count: u64) -> anyhow::Result<Latency> {
     }))
 }
 
-/// A child whose stdout lines arrive, timestamped from its start, on a channel.
-struct Watched {
-    child: Child,
-    start: Instant,
-    lines: mpsc::Receiver<(Duration, String)>,
-    seen: Vec<String>,
-}
-
-impl Watched {
-    fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
-        let start = Instant::now();
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("start")?;
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send((start.elapsed(), line)).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Self { child, start, lines, seen: Vec::new() })
-    }
-
-    /// Waits up to `timeout` for a line containing `marker`; returns when it came.
-    fn wait_for(&mut self, marker: &str, timeout: Duration) -> anyhow::Result<Duration> {
-        let deadline = self.start + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((at, line)) => {
-                    let found = line.contains(marker);
-                    self.seen.push(line);
-                    if found {
-                        return Ok(at);
-                    }
-                }
-                Err(_) => bail!("no {marker:?} within {timeout:?}; output so far:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().ok().flatten().is_none()
-    }
-
-    fn finish(mut self) -> anyhow::Result<(Option<i32>, Vec<String>, String)> {
-        let status = self.child.wait()?;
-        self.seen.extend(self.lines.try_iter().map(|(_, line)| line));
-        let mut stderr = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            std::io::Read::read_to_string(&mut e, &mut stderr)?;
-        }
-        Ok((status.code(), self.seen, stderr))
-    }
-}
-
 /// Spins until `f` gives a value, failing if the VM ends first.
-fn await_vm<T>(vm: &mut Watched, what: &str, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+fn await_vm<T>(vm: &mut Running, what: &str, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
     loop {
         if let Some(v) = f() {
             return Ok(v);
         }
-        if !vm.alive() {
+        if !vm.is_running() {
             bail!("the VM ended while the host waited for {what}");
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -297,8 +238,8 @@ fn run_vm(scratch: &Scratch, total_mib: u64, round_trips: u64) -> anyhow::Result
             Ok(())
         })
     };
-    let mut vm = Watched::spawn(cmd).context("the VMM")?;
-    let boot = vm.wait_for(START_MARKER, Duration::from_secs(600))?;
+    let mut vm = Running::spawn(cmd).context("the VMM")?;
+    let boot = vm.wait_for(START_MARKER, Duration::from_secs(600)).map_err(anyhow::Error::msg)?;
 
     let file = await_vm(&mut vm, "the ring file", || MappedFile::open(&ring).ok())?;
     let stream = await_vm(&mut vm, "the guest to format the ring", || Stream::open(file.region()).ok())?;
@@ -318,16 +259,18 @@ fn run_vm(scratch: &Scratch, total_mib: u64, round_trips: u64) -> anyhow::Result
 
     let latency = ping_pong(&stream, 2, round_trips);
     stream.stop();
-    let (code, console, log) = vm.finish()?;
-    if code != Some(0) {
-        bail!("the VM ended with {code:?}:\n{}\n{log}", console.join("\n"));
+    let out = vm.finish();
+    if out.code != Some(0) {
+        bail!("the VM ended badly:\n{}", out.transcript());
     }
-    let memory = console
-        .iter()
+    let memory = out
+        .console
+        .lines()
         .filter_map(|l| l.strip_prefix("memspeed: caching "))
         .map(parse_memspeed)
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let guest_cmdline = log
+    let guest_cmdline = out
+        .log
         .lines()
         .find_map(|l| l.split_once("guest command line: ").map(|(_, c)| c.to_string()))
         .context("the VMM logs the guest command line")?;
@@ -369,10 +312,9 @@ fn qemu_boot(guest_cmdline: &str, emulated: bool) -> anyhow::Result<f64> {
         .arg(image_file("initramfs.cpio"))
         .arg("-append")
         .arg(append);
-    let mut qemu = Watched::spawn(cmd).context("qemu-system-x86_64 (Debian package qemu-system-x86)")?;
-    let result = qemu.wait_for(START_MARKER, Duration::from_secs(900));
-    let _ = qemu.child.kill();
-    let _ = qemu.child.wait();
+    let mut qemu = Running::spawn(cmd).context("qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+    let result = qemu.wait_for(START_MARKER, Duration::from_secs(900)).map_err(anyhow::Error::msg);
+    qemu.kill();
     Ok(result?.as_secs_f64())
 }
 

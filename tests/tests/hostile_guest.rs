@@ -1,0 +1,97 @@
+//! Issue 10: nothing a guest does crashes, floods or wedges the VMM, and a
+//! backing file that shrinks under it ends it with a clear message.
+
+use std::time::{Duration, Instant};
+
+use kvmshm_tests::{Running, Scratch, host_binary, image_file, initrd_with, kvmshm, static_c_program, vmm_with};
+use shm_layout::host::MappedFile;
+
+/// A guest root user attacks its device: every access size at every offset
+/// of BAR0's page, then thousands of odd configuration writes (BARs over
+/// RAM, the APIC and each other, decoding on and off). The VMM runs on, its
+/// log stays short even at debug level, and the device still works after
+/// the guest restores its configuration: the records it writes then reach
+/// the host.
+#[test]
+fn a_hostile_guest_leaves_the_vmm_running_and_its_log_short() {
+    let scratch = Scratch::new("hostile");
+    let hammer = static_c_program(&scratch, "hammer");
+    let initrd = initrd_with(&scratch, &[("/bin/hammer", &hammer)]);
+    let file = scratch.path("shm");
+    let shm = format!("path={},size=1M", file.display());
+    let run = "run=/bin/hammer -- 1 5 --then write --procs=2 --records=1000";
+    let mut cmd = vmm_with(&initrd, run, &["--shm", &shm]);
+    cmd.env("RUST_LOG", "debug");
+    let out = Running::vmm(cmd).finish();
+
+    assert_eq!(out.code, Some(0), "{}", out.transcript());
+    for line in [
+        "hammer: BAR0: 40908 accesses of 1, 2, 4, 8 and 16 bytes at every offset of its page",
+        "hammer: config: 2255 writes of 1, 2 and 4 bytes at every offset",
+        "hammer: restored; IVPosition 0 as before",
+        "write: 2 processes, 2000 records",
+    ] {
+        assert!(out.console.contains(line), "missing {line:?}\n{}", out.transcript());
+    }
+    let lines = out.log.lines().count();
+    assert!(lines < 300, "the VMM logged {lines} lines\n{}", out.log);
+    // What it left out, it counted.
+    assert!(out.log.contains("like it not logged before this") || out.log.contains("were not logged"), "{}", out.log);
+    assert!(out.log.contains("left unmapped"), "the hostile BAR placements were seen\n{}", out.log);
+    let after = kvmshm(&["verify", file.to_str().unwrap(), "--writers", "2", "--records", "1000"]);
+    assert_eq!(after.code, Some(0), "{}", after.transcript());
+    assert!(after.console.contains("all 2000 records intact"), "{}", after.transcript());
+}
+
+/// A host process truncates the backing file while guest processes write
+/// into it: the VMM ends within seconds, with status 125 and a message that
+/// names the file and its new size, instead of spinning.
+#[test]
+fn a_backing_file_that_shrinks_under_a_writing_guest_ends_the_vmm() {
+    let scratch = Scratch::new("shrink");
+    let file = scratch.path("records");
+    let shm = format!("path={},size=64M", file.display());
+    let mut vm = Running::vmm(vmm_with(
+        &image_file("initramfs.cpio"),
+        "run=/bin/kvmshm-demo -- write --procs 4 --records 200000 --spin 100000",
+        &["--shm", &shm],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        assert!(vm.is_running(), "the VM ended before the file was truncated");
+        assert!(Instant::now() < deadline, "the guest published no records in time");
+        if MappedFile::open(&file).and_then(|f| f.verify_records(4, 200_000)).is_ok_and(|r| r.published >= 1000) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(4096).unwrap();
+    let truncated = Instant::now();
+    while vm.is_running() && truncated.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = truncated.elapsed();
+    let out = vm.finish();
+    println!("the VMM ended {took:?} after the truncation");
+    assert_eq!(out.code, Some(125), "{}", out.transcript());
+    let message = format!("the backing file {} shrank to 4096 bytes while the guest ran", file.display());
+    assert!(out.log.contains(&message), "missing {message:?}\n{}", out.transcript());
+    assert!(took < Duration::from_secs(10), "the VMM took {took:?} to stop\n{}", out.transcript());
+}
+
+/// Once the filter is on, a system call outside the allowlist ends the VMM
+/// with a message that names it. (`--seccomp-selftest` makes one: getppid.)
+#[test]
+fn a_system_call_outside_the_allowlist_ends_the_vmm_and_is_named() {
+    let mut cmd = std::process::Command::new(host_binary("vmm"));
+    cmd.arg("--kernel").arg(image_file("vmlinux")).arg("--initrd").arg(image_file("initramfs.cpio"));
+    cmd.arg("--seccomp-selftest");
+    let out = Running::spawn(cmd).expect("start the VMM").finish_unchecked();
+    assert_eq!(out.code, Some(125), "{}", out.transcript());
+    assert!(
+        out.log.contains("seccomp: system call getppid (110) is not on the VMM's allowlist"),
+        "{}",
+        out.transcript()
+    );
+    assert!(!out.console.contains("kvmshm-init"), "the guest never ran");
+}
