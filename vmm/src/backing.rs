@@ -108,6 +108,10 @@ impl BackingFile {
         &self.path
     }
 
+    pub fn file(&self) -> &File {
+        self.region.file_offset().expect("mapped from a file").file()
+    }
+
     pub fn as_ptr(&self) -> *mut u8 {
         self.region.as_ptr()
     }
@@ -119,7 +123,7 @@ impl BackingFile {
     /// The file's length now, if it became shorter than the mapping: its
     /// missing pages can no longer be read or written by anyone.
     pub fn shrunk(&self) -> Option<u64> {
-        let file = self.region.file_offset().expect("mapped from a file").file();
+        let file = self.file();
         let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
         // SAFETY: fstat writes a `struct stat` into the buffer it is given,
         // which is large enough; the fd is open (owned by the region).

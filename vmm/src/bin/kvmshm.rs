@@ -1,16 +1,21 @@
 //! kvmshm: the host's side of the shared-memory protocols, run on a VM's
-//! `--shm` backing file while the VM runs or after it stopped.
+//! `--shm` backing file while the VM runs or after it stopped; and an
+//! ivshmem server and its host peers, for VMs and processes that ring each
+//! other.
 //!
 //! Exit status: 0 success, 1 a check failed, 2 an error (bad file, no
 //! server, timeout...).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use shm_layout::host::ivshmem::{Peer, Server};
 use shm_layout::host::{EchoClient, MappedFile};
+use vmm::backing::BackingFile;
 
 #[derive(Parser)]
 #[command(version, about = "Fill, check and talk to the shared memory of kvmshm guests")]
@@ -58,6 +63,54 @@ enum Command {
         #[arg(long)]
         keep_serving: bool,
     },
+    /// Run an ivshmem server (QEMU's protocol, version 0) at SOCKET: every
+    /// client (`vmm --shm server=SOCKET`, QEMU's ivshmem-doorbell, `kvmshm
+    /// peer`) gets an id, the memory in FILE and VECTORS eventfds, and hears
+    /// of the others joining and leaving. Runs until SIGINT or SIGTERM.
+    Server {
+        #[arg(long)]
+        socket: PathBuf,
+        /// The shared memory: created (mode 0600) with SIZE bytes if missing;
+        /// an existing file must hold at least SIZE bytes and is used as it is.
+        #[arg(long)]
+        shm: PathBuf,
+        /// A power of two of at least 4096 bytes (K, M or G suffix allowed).
+        #[arg(long, value_parser = vmm::backing::parse_size)]
+        size: u64,
+        /// Interrupt vectors per client, 1 to 64.
+        #[arg(long, default_value_t = 1)]
+        vectors: usize,
+    },
+    /// Join an ivshmem server as a host peer.
+    Peer {
+        #[arg(long)]
+        socket: PathBuf,
+        #[command(subcommand)]
+        action: PeerAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeerAction {
+    /// Print this peer's id and vectors, the memory's size and the other peers.
+    Info,
+    /// Ring VECTOR of peer TO, COUNT times.
+    Ring {
+        #[arg(long)]
+        to: u16,
+        #[arg(long, default_value_t = 0)]
+        vector: usize,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
+    /// Wait until this peer's vectors have been rung COUNT times; print each ring.
+    Wait {
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Seconds to wait in all.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
 }
 
 fn open(path: &Path) -> anyhow::Result<MappedFile> {
@@ -98,11 +151,80 @@ fn run(command: Command) -> anyhow::Result<bool> {
             mapped.check().with_context(in_file)?;
             println!("{}", result.with_context(in_file)?);
         }
+        Command::Server { socket, shm, size, vectors } => serve(&socket, &shm, size, vectors)?,
+        Command::Peer { socket, action } => {
+            let peer = Peer::connect(&socket)?;
+            return peer_action(peer, action);
+        }
+    }
+    Ok(true)
+}
+
+/// Set by SIGINT and SIGTERM: the server stops and removes its socket.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn serve(socket: &Path, shm: &Path, size: u64, vectors: usize) -> anyhow::Result<()> {
+    let memory = BackingFile::open(shm, size)?;
+    let file = memory.file().try_clone().with_context(|| shm.display().to_string())?;
+    let mut server = Server::bind(socket, file, vectors)?;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        vmm_sys_util::signal::register_signal_handler(signal, request_stop).context("signal handler")?;
+    }
+    log::info!(
+        "ivshmem server at {}: {} ({} bytes), {vectors} vectors per peer",
+        socket.display(),
+        shm.display(),
+        memory.size()
+    );
+    // A signal interrupts the wait, so the flag is seen at once.
+    while !STOP.load(Ordering::SeqCst) {
+        server.step(-1)?;
+    }
+    log::info!("ivshmem server at {}: stopped", socket.display());
+    Ok(())
+}
+
+fn peer_action(mut peer: Peer, action: PeerAction) -> anyhow::Result<bool> {
+    match action {
+        PeerAction::Info => {
+            let size = peer.memory().metadata()?.len();
+            println!(
+                "peer {}: {} vectors, {size} bytes of shared memory; other peers: {:?}",
+                peer.id(),
+                peer.own_eventfds().len(),
+                peer.peers()
+            );
+        }
+        PeerAction::Ring { to, vector, count } => {
+            for _ in 0..count {
+                peer.ring(to, vector)?;
+            }
+            println!("peer {}: rang vector {vector} of peer {to} {count} times", peer.id());
+        }
+        PeerAction::Wait { count, timeout } => {
+            let deadline = Instant::now() + Duration::from_secs(timeout);
+            let mut rung = 0;
+            while rung < count {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    bail!("peer {}: {rung} of {count} rings within {timeout} s", peer.id());
+                }
+                for ring in peer.wait(left)? {
+                    println!("peer {}: vector {} rung {} times", peer.id(), ring.vector, ring.count);
+                    rung += ring.count;
+                }
+            }
+        }
     }
     Ok(true)
 }
 
 fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match run(Args::parse().command) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

@@ -20,9 +20,7 @@ pub enum Error {
         now.map_or("fewer bytes".into(), |n| format!("{n} bytes"))
     )]
     Shrunk { path: PathBuf, size: u64, now: Option<u64> },
-    #[error(
-        "a mapped file shrank while this process waited on it; stopped (see the file's own error)"
-    )]
+    #[error("a mapped file shrank while this process waited on it; stopped (see the file's own error)")]
     MappingLost,
     #[error(transparent)]
     Layout(#[from] LayoutError),

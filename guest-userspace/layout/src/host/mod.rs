@@ -6,6 +6,7 @@ mod echo;
 mod error;
 mod file;
 mod inspect;
+pub mod ivshmem;
 mod sigbus;
 
 pub use echo::{AnswerFault, EchoClient, EchoStats, Seen};

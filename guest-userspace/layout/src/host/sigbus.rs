@@ -38,9 +38,9 @@ impl Guard {
     /// caller unmaps only after dropping the guard.
     pub fn new(start: *mut u8, len: usize) -> Self {
         install();
-        let slot = REGISTRY.iter().position(|s| {
-            s.start.compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Acquire).is_ok()
-        });
+        let slot = REGISTRY
+            .iter()
+            .position(|s| s.start.compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Acquire).is_ok());
         if let Some(i) = slot {
             // The slot was reserved with start = MAX, which no fault matches;
             // length first, then the real start, which publishes the slot.

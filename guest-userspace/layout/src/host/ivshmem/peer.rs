@@ -1,0 +1,210 @@
+//! A client of an ivshmem server, as QEMU's ivshmem-doorbell device and
+//! `contrib/ivshmem-client` are: a host process that shares the memory and
+//! rings the other clients, and is rung by them.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::wire::{Receiver, poll_readable};
+use super::{Error, PROTOCOL_VERSION};
+
+/// How long set-up waits for each of the server's first messages.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The server sends a new client's own eventfds in one burst; once this
+/// long passes without another, the client has all its vectors (the
+/// protocol does not say how many there are).
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// What a peer's server connection told it since it last asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A peer joined (or gained a vector).
+    Joined(u16),
+    /// A peer left: its eventfds are closed.
+    Left(u16),
+    /// The server closed the connection: no more joins or leaves.
+    ServerGone,
+}
+
+/// A vector that was rung, and how many rings it took since last read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ring {
+    pub vector: usize,
+    pub count: u64,
+}
+
+/// A client of an ivshmem server.
+pub struct Peer {
+    id: u16,
+    memory: File,
+    own: Vec<EventFd>,
+    peers: BTreeMap<u16, Vec<EventFd>>,
+    socket: UnixStream,
+    receiver: Receiver,
+    server_gone: bool,
+}
+
+fn eventfd(file: File) -> EventFd {
+    // SAFETY: the descriptor was just received and is owned by `file`,
+    // whose ownership passes to the EventFd. (If the server sent something
+    // other than an eventfd, writes and reads on it fail or go nowhere.)
+    unsafe { EventFd::from_raw_fd(file.into_raw_fd()) }
+}
+
+impl Peer {
+    /// Connects to the server at `path` and takes its set-up messages.
+    pub fn connect(path: &Path) -> Result<Self, Error> {
+        let socket = UnixStream::connect(path).map_err(|source| Error::Connect { path: path.to_path_buf(), source })?;
+        let mut receiver = Receiver::default();
+        let mut next = |timeout: Duration| -> Result<Option<(i64, Option<File>)>, Error> {
+            socket.set_read_timeout(Some(timeout))?;
+            match receiver.recv(&socket) {
+                Ok(Some(m)) => Ok(Some(m)),
+                Ok(None) => Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Closed),
+                Err(e) => Err(e.into()),
+            }
+        };
+        let (version, _) = next(SETUP_TIMEOUT)?.ok_or(Error::Timeout(SETUP_TIMEOUT))?;
+        if version != PROTOCOL_VERSION {
+            return Err(Error::Version(version));
+        }
+        let (id, _) = next(SETUP_TIMEOUT)?.ok_or(Error::Timeout(SETUP_TIMEOUT))?;
+        let id = u16::try_from(id).map_err(|_| Error::Protocol { what: "a client id out of range", value: id })?;
+        let memory = match next(SETUP_TIMEOUT)?.ok_or(Error::Timeout(SETUP_TIMEOUT))? {
+            (-1, Some(fd)) => fd,
+            (value, _) => return Err(Error::Protocol { what: "no shared memory where it belongs", value }),
+        };
+        let (mut own, mut peers) = (Vec::new(), BTreeMap::<u16, Vec<EventFd>>::new());
+        loop {
+            let wait = if own.is_empty() { SETUP_TIMEOUT } else { SETTLE };
+            let Some((value, fd)) = next(wait)? else {
+                if own.is_empty() {
+                    return Err(Error::Timeout(SETUP_TIMEOUT));
+                }
+                break;
+            };
+            let peer = u16::try_from(value).map_err(|_| Error::Protocol { what: "a peer id out of range", value })?;
+            match fd {
+                Some(fd) if peer == id => own.push(eventfd(fd)),
+                Some(fd) => peers.entry(peer).or_default().push(eventfd(fd)),
+                None => {
+                    peers.remove(&peer);
+                }
+            }
+        }
+        socket.set_read_timeout(None)?;
+        socket.set_nonblocking(true)?;
+        Ok(Self { id, memory, own, peers, socket, receiver, server_gone: false })
+    }
+
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// The shared memory the server handed out.
+    pub fn memory(&self) -> &File {
+        &self.memory
+    }
+
+    /// This peer's vectors: rings for it arrive on these.
+    pub fn own_eventfds(&self) -> &[EventFd] {
+        &self.own
+    }
+
+    /// The eventfds that ring `peer`'s vectors.
+    pub fn peer_eventfds(&self, peer: u16) -> Option<&[EventFd]> {
+        self.peers.get(&peer).map(Vec::as_slice)
+    }
+
+    /// The other peers, by id.
+    pub fn peers(&self) -> Vec<u16> {
+        self.peers.keys().copied().collect()
+    }
+
+    /// The server connection, to poll for [`Peer::update`].
+    pub fn socket_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Rings `vector` of `peer`.
+    pub fn ring(&self, peer: u16, vector: usize) -> Result<(), Error> {
+        let fds = self.peers.get(&peer).ok_or_else(|| Error::NoPeer { peer, known: self.peers() })?;
+        let fd = fds.get(vector).ok_or(Error::NoVector { peer, vector, vectors: fds.len() })?;
+        fd.write(1)?;
+        Ok(())
+    }
+
+    /// Takes the server's messages that have arrived: peers joining and leaving.
+    pub fn update(&mut self) -> Result<Vec<Change>, Error> {
+        let mut changes = Vec::new();
+        while !self.server_gone {
+            match self.receiver.recv(&self.socket) {
+                Ok(None) => break,
+                Ok(Some((value, fd))) => {
+                    let peer =
+                        u16::try_from(value).map_err(|_| Error::Protocol { what: "a peer id out of range", value })?;
+                    match fd {
+                        // More vectors of our own after set-up: not used.
+                        Some(_) if peer == self.id => {}
+                        Some(fd) => {
+                            self.peers.entry(peer).or_default().push(eventfd(fd));
+                            changes.push(Change::Joined(peer));
+                        }
+                        None => {
+                            if self.peers.remove(&peer).is_some() {
+                                changes.push(Change::Left(peer));
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    self.server_gone = true;
+                    changes.push(Change::ServerGone);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        changes.dedup();
+        Ok(changes)
+    }
+
+    /// Waits up to `timeout` for rings on this peer's vectors (taking the
+    /// server's messages meanwhile); returns the vectors rung, with how many
+    /// rings each took. Empty after the timeout.
+    pub fn wait(&mut self, timeout: Duration) -> Result<Vec<Ring>, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut fds: Vec<RawFd> = self.own.iter().map(AsRawFd::as_raw_fd).collect();
+            if !self.server_gone {
+                fds.push(self.socket.as_raw_fd());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ready = match poll_readable(&fds, i32::try_from(left.as_millis()).unwrap_or(i32::MAX)) {
+                Ok(ready) => ready,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut rings = Vec::new();
+            for (vector, _) in ready.iter().take(self.own.len()).enumerate().filter(|(_, r)| **r) {
+                match self.own[vector].read() {
+                    Ok(count) => rings.push(Ring { vector, count }),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if ready.get(self.own.len()).copied().unwrap_or(false) {
+                self.update()?;
+            }
+            if !rings.is_empty() || left.is_zero() {
+                return Ok(rings);
+            }
+        }
+    }
+}
