@@ -11,8 +11,8 @@
 //!
 //! A write to a device's configuration space can enable, disable or move
 //! its BARs. The manager then brings the mappings in line with what the
-//! guest programmed: MMIO ranges on its own bus, memory slots through a
-//! [`MemoryMapper`] (KVM's in the VM, a model in tests and the fuzzer). A
+//! guest programmed: MMIO ranges on its own bus, memory slots through the
+//! [`Hypervisor`] (KVM in the VM, a model in tests and the fuzzer). A
 //! BAR is mapped exactly where it decodes, unless that is over RAM, the
 //! platform's reserved ranges, past the physical address limit or over a
 //! BAR already mapped: then it stays unmapped, with a warning, until the
@@ -26,6 +26,7 @@ use log::Level;
 use crate::backing::BackingFile;
 use crate::bus::{self, Action, Bus, SharedBusDevice};
 use crate::devices::{IvshmemDevice, ResetPort, legacy};
+use crate::hypervisor::{self, Hypervisor};
 use crate::pci::{self, HostMemory, PciBus, PciDevice};
 use crate::ratelimit::LogLimit;
 use crate::{layout, limited, lock};
@@ -41,16 +42,6 @@ impl std::fmt::Display for BarId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "BAR{} of 00:{:02x}.0", self.bar, self.slot)
     }
-}
-
-pub type MapError = vmm_sys_util::errno::Error;
-
-/// Puts host memory into the guest's physical address space and takes it out.
-pub trait MemoryMapper {
-    /// Maps `host` at `guest_addr` for `bar`, which is not mapped.
-    fn map(&mut self, bar: BarId, guest_addr: u64, host: HostMemory) -> Result<(), MapError>;
-    /// Removes the mapping of `bar`, which is mapped.
-    fn unmap(&mut self, bar: BarId) -> Result<(), MapError>;
 }
 
 /// What the guest's physical address space holds besides the BARs.
@@ -106,7 +97,7 @@ pub enum Error {
     Unmap {
         bar: BarId,
         #[source]
-        source: MapError,
+        source: hypervisor::Error,
     },
 }
 
@@ -136,6 +127,7 @@ pub struct BarState {
 
 pub struct DeviceManager {
     space: GuestSpace,
+    hypervisor: Arc<dyn Hypervisor>,
     pio: Bus,
     mmio: Bus,
     pci: Arc<Mutex<PciBus>>,
@@ -147,13 +139,14 @@ pub struct DeviceManager {
 impl DeviceManager {
     /// The manager with the platform's devices: host bridge, PCI
     /// configuration ports and reset line.
-    pub fn new(space: GuestSpace) -> Result<Self, Error> {
+    pub fn new(space: GuestSpace, hypervisor: Arc<dyn Hypervisor>) -> Result<Self, Error> {
         let pci = Arc::new(Mutex::new(PciBus::new()));
         let mut pio = Bus::new("port I/O");
         pio.insert(Arc::new(Mutex::new(ResetPort)), legacy::I8042.into(), legacy::I8042_LEN.into())?;
         pio.insert(pci.clone(), pci::CONFIG_ADDRESS_PORT, pci::CONFIG_PORTS_LEN)?;
         Ok(Self {
             space,
+            hypervisor,
             pio,
             mmio: Bus::new("MMIO"),
             pci,
@@ -203,17 +196,11 @@ impl DeviceManager {
 
     /// A port write of `size` bytes, or a string write (`rep outs`) of
     /// count × `size` bytes to the same port.
-    pub fn pio_write(
-        &mut self,
-        port: u16,
-        size: usize,
-        data: &[u8],
-        mapper: &mut dyn MemoryMapper,
-    ) -> Result<Option<Request>, Error> {
+    pub fn pio_write(&mut self, port: u16, size: usize, data: &[u8]) -> Result<Option<Request>, Error> {
         let mut request = None;
         for unit in data.chunks(size.max(1)) {
             let (_, action) = self.pio.write(port.into(), unit);
-            request = self.apply(action, mapper)?.or(request);
+            request = self.apply(action)?.or(request);
         }
         Ok(request)
     }
@@ -222,21 +209,16 @@ impl DeviceManager {
         self.mmio.read(addr, data);
     }
 
-    pub fn mmio_write(
-        &mut self,
-        addr: u64,
-        data: &[u8],
-        mapper: &mut dyn MemoryMapper,
-    ) -> Result<Option<Request>, Error> {
+    pub fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Result<Option<Request>, Error> {
         let (_, action) = self.mmio.write(addr, data);
-        self.apply(action, mapper)
+        self.apply(action)
     }
 
-    fn apply(&mut self, action: Option<Action>, mapper: &mut dyn MemoryMapper) -> Result<Option<Request>, Error> {
+    fn apply(&mut self, action: Option<Action>) -> Result<Option<Request>, Error> {
         match action {
             None => Ok(None),
             Some(Action::Reset) => Ok(Some(Request::Reset)),
-            Some(Action::PciConfigWritten { .. }) => self.sync_bars(mapper).map(|()| None),
+            Some(Action::PciConfigWritten { .. }) => self.sync_bars().map(|()| None),
         }
     }
 
@@ -287,13 +269,13 @@ impl DeviceManager {
     /// first removes the mappings that no longer match (decoding turned off,
     /// or the BAR moved), then maps each BAR that decodes and is not mapped,
     /// unless it conflicts with what is.
-    fn sync_bars(&mut self, mapper: &mut dyn MemoryMapper) -> Result<(), Error> {
+    fn sync_bars(&mut self) -> Result<(), Error> {
         let bars = self.bars();
         for b in bars.iter().filter(|b| b.mapped.is_some() && b.mapped != b.decoded) {
-            self.unmap(b, mapper)?;
+            self.unmap(b)?;
         }
         for b in bars.iter().filter(|b| b.decoded.is_some() && b.mapped != b.decoded) {
-            self.map(b, mapper);
+            self.map(b);
         }
         Ok(())
     }
@@ -302,10 +284,10 @@ impl DeviceManager {
         self.ivshmem.iter_mut().find(|d| d.slot == id.slot).expect("BarState of a device of ours")
     }
 
-    fn unmap(&mut self, b: &BarState, mapper: &mut dyn MemoryMapper) -> Result<(), Error> {
+    fn unmap(&mut self, b: &BarState) -> Result<(), Error> {
         let old = b.mapped.expect("called for mapped BARs");
         match b.memory {
-            Some(_) => mapper.unmap(b.id).map_err(|source| Error::Unmap { bar: b.id, source })?,
+            Some(_) => self.hypervisor.unmap_memory(b.id).map_err(|source| Error::Unmap { bar: b.id, source })?,
             None => {
                 self.mmio.remove(old);
             }
@@ -317,12 +299,14 @@ impl DeviceManager {
     }
 
     /// Maps `b` where it decodes, or leaves it unmapped with a warning.
-    fn map(&mut self, b: &BarState, mapper: &mut dyn MemoryMapper) {
+    fn map(&mut self, b: &BarState) {
         let addr = b.decoded.expect("called for decoding BARs");
         let outcome = match self.conflict(addr, b.size) {
             Some(conflict) => Err(conflict.to_string()),
             None => match b.memory {
-                Some(host) => mapper.map(b.id, addr, host).map_err(|e| format!("cannot be mapped there: {e}")),
+                Some(host) => {
+                    self.hypervisor.map_memory(b.id, addr, host).map_err(|e| format!("cannot be mapped there: {e}"))
+                }
                 None => {
                     let device = self.entry(b.id).device.clone();
                     self.mmio.insert(device, addr, b.size).map_err(|e| e.to_string())
@@ -367,41 +351,51 @@ mod tests {
 
     /// KVM's memory slots as a map.
     #[derive(Default)]
-    struct Slots(HashMap<BarId, (u64, HostMemory)>);
+    struct Slots(Mutex<HashMap<BarId, (u64, HostMemory)>>);
 
-    impl MemoryMapper for Slots {
-        fn map(&mut self, bar: BarId, addr: u64, host: HostMemory) -> Result<(), MapError> {
-            assert!(self.0.insert(bar, (addr, host)).is_none(), "{bar} mapped twice");
+    impl Hypervisor for Slots {
+        fn map_memory(&self, bar: BarId, addr: u64, host: HostMemory) -> Result<(), hypervisor::Error> {
+            assert!(lock(&self.0).insert(bar, (addr, host)).is_none(), "{bar} mapped twice");
             Ok(())
         }
-        fn unmap(&mut self, bar: BarId) -> Result<(), MapError> {
-            assert!(self.0.remove(&bar).is_some(), "{bar} unmapped but not mapped");
+        fn unmap_memory(&self, bar: BarId) -> Result<(), hypervisor::Error> {
+            assert!(lock(&self.0).remove(&bar).is_some(), "{bar} unmapped but not mapped");
             Ok(())
         }
     }
 
-    fn manager(devices: u64) -> DeviceManager {
+    impl Slots {
+        fn addr(&self, bar: BarId) -> Option<u64> {
+            lock(&self.0).get(&bar).map(|s| s.0)
+        }
+        fn is_empty(&self) -> bool {
+            lock(&self.0).is_empty()
+        }
+    }
+
+    fn manager(devices: u64) -> (DeviceManager, Arc<Slots>) {
         let space = GuestSpace {
             ram: vec![Range { start: 0, end: RAM }],
             reserved: vec![(layout::IOAPIC..1 << 32, "the APICs")],
             phys_bits: 40,
         };
-        let mut m = DeviceManager::new(space).unwrap();
+        let slots = Arc::new(Slots::default());
+        let mut m = DeviceManager::new(space, slots.clone()).unwrap();
         for i in 0..devices {
             m.add_ivshmem(Arc::new(BackingFile::memfd(1 << 20)), i as u32).unwrap();
         }
-        m
+        (m, slots)
     }
 
-    fn config_write(m: &mut DeviceManager, slots: &mut Slots, slot: u8, reg: u8, value: &[u8]) {
+    fn config_write(m: &mut DeviceManager, slot: u8, reg: u8, value: &[u8]) {
         let address = 0x8000_0000u32 | u32::from(slot) << 11 | u32::from(reg & 0xfc);
-        m.pio_write(0xcf8, 4, &address.to_le_bytes(), slots).unwrap();
-        m.pio_write(0xcfc + u16::from(reg & 3), value.len(), value, slots).unwrap();
+        m.pio_write(0xcf8, 4, &address.to_le_bytes()).unwrap();
+        m.pio_write(0xcfc + u16::from(reg & 3), value.len(), value).unwrap();
     }
 
-    fn decode(m: &mut DeviceManager, slots: &mut Slots, slot: u8, on: bool) {
+    fn decode(m: &mut DeviceManager, slot: u8, on: bool) {
         let command = if on { COMMAND_MEMORY } else { 0 };
-        config_write(m, slots, slot, COMMAND as u8, &command.to_le_bytes());
+        config_write(m, slot, COMMAND as u8, &command.to_le_bytes());
     }
 
     fn mapped(m: &DeviceManager) -> Vec<(BarId, Option<u64>)> {
@@ -416,67 +410,67 @@ mod tests {
 
     #[test]
     fn decoding_maps_and_unmaps_both_bars() {
-        let (mut m, mut slots) = (manager(2), Slots::default());
+        let (mut m, slots) = manager(2);
         assert!(mapped(&m).iter().all(|(_, a)| a.is_none()));
-        decode(&mut m, &mut slots, 2, true);
+        decode(&mut m, 2, true);
         let bar2 = BarId { slot: 2, bar: 2 };
-        assert_eq!(slots.0.get(&bar2).map(|s| s.0), Some(1 << 32 | 1 << 20));
+        assert_eq!(slots.addr(bar2), Some(1 << 32 | 1 << 20));
         assert_eq!(iv_position(&m, 0xc000_1000), 1, "BAR0 of the second device is on the MMIO bus");
         assert_eq!(iv_position(&m, 0xc000_0000), u32::MAX, "the first device does not decode");
-        decode(&mut m, &mut slots, 2, false);
-        assert!(slots.0.is_empty());
+        decode(&mut m, 2, false);
+        assert!(slots.is_empty());
         assert_eq!(iv_position(&m, 0xc000_1000), u32::MAX);
     }
 
     #[test]
     fn a_moved_bar_follows_and_a_conflicting_one_waits() {
-        let (mut m, mut slots) = (manager(2), Slots::default());
-        decode(&mut m, &mut slots, 1, true);
-        decode(&mut m, &mut slots, 2, true);
+        let (mut m, slots) = manager(2);
+        decode(&mut m, 1, true);
+        decode(&mut m, 2, true);
         // Device 2's BAR0 moves onto device 1's: refused, until device 1's moves away.
-        config_write(&mut m, &mut slots, 2, BAR0 as u8, &0xc000_0000u32.to_le_bytes());
+        config_write(&mut m, 2, BAR0 as u8, &0xc000_0000u32.to_le_bytes());
         assert_eq!(m.bars()[2].mapped, None);
         assert_eq!(iv_position(&m, 0xc000_0000), 0);
-        config_write(&mut m, &mut slots, 1, BAR0 as u8, &0xc000_8000u32.to_le_bytes());
+        config_write(&mut m, 1, BAR0 as u8, &0xc000_8000u32.to_le_bytes());
         assert_eq!(iv_position(&m, 0xc000_8000), 0);
         assert_eq!(iv_position(&m, 0xc000_0000), 1, "the waiting BAR is mapped once the way is clear");
         // BAR2 over RAM, then over the APICs, then above 4 GiB again.
         let bar2 = BarId { slot: 1, bar: 2 };
         for (low, high, expect) in [(0x10_0000u32, 0u32, None), (0xfee0_0000, 0, None), (0, 3, Some(3 << 32))] {
-            config_write(&mut m, &mut slots, 1, BAR0 as u8 + 8, &low.to_le_bytes());
-            config_write(&mut m, &mut slots, 1, BAR0 as u8 + 12, &high.to_le_bytes());
-            assert_eq!(slots.0.get(&bar2).map(|s| s.0), expect, "{low:#x} {high:#x}");
+            config_write(&mut m, 1, BAR0 as u8 + 8, &low.to_le_bytes());
+            config_write(&mut m, 1, BAR0 as u8 + 12, &high.to_le_bytes());
+            assert_eq!(slots.addr(bar2), expect, "{low:#x} {high:#x}");
         }
     }
 
     #[test]
     fn a_bar_past_the_address_limit_is_not_mapped() {
-        let (mut m, mut slots) = (manager(1), Slots::default());
-        decode(&mut m, &mut slots, 1, true);
-        config_write(&mut m, &mut slots, 1, BAR0 as u8 + 12, &0xffff_ffffu32.to_le_bytes());
-        assert!(slots.0.is_empty());
+        let (mut m, slots) = manager(1);
+        decode(&mut m, 1, true);
+        config_write(&mut m, 1, BAR0 as u8 + 12, &0xffff_ffffu32.to_le_bytes());
+        assert!(slots.is_empty());
         assert_eq!(m.conflict(0xffff_ffff_0000_0000, 1 << 20), Some(Conflict::PastLimit(40)));
         assert_eq!(m.conflict(u64::MAX - 10, 1 << 20), Some(Conflict::Wraps));
     }
 
     #[test]
     fn too_many_devices_or_too_little_address_space_are_errors() {
-        let mut m = manager(pci::MAX_DEVICES as u64);
+        let (mut m, _) = manager(pci::MAX_DEVICES as u64);
         let e = m.add_ivshmem(Arc::new(BackingFile::memfd(4096)), 99).unwrap_err();
         assert!(matches!(e, Error::PciBus(pci::BusError::Full)), "{e}");
         let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default();
         assert!(cause.contains("at most 31 devices"), "{cause}");
-        let mut m = manager(0);
+        let (mut m, _) = manager(0);
         m.space.phys_bits = 32;
         assert!(matches!(m.add_ivshmem(Arc::new(BackingFile::memfd(4096)), 0), Err(Error::NoRoom { .. })));
     }
 
     #[test]
     fn the_reset_line_asks_for_a_reset() {
-        let (mut m, mut slots) = (manager(0), Slots::default());
-        assert_eq!(m.pio_write(0x64, 1, &[0xfe], &mut slots).unwrap(), Some(Request::Reset));
-        assert_eq!(m.pio_write(0x64, 1, &[0xfd], &mut slots).unwrap(), None);
+        let (mut m, _) = manager(0);
+        assert_eq!(m.pio_write(0x64, 1, &[0xfe]).unwrap(), Some(Request::Reset));
+        assert_eq!(m.pio_write(0x64, 1, &[0xfd]).unwrap(), None);
         // A string write (rep outsb) of three bytes, the last one the reset command.
-        assert_eq!(m.pio_write(0x64, 1, &[0, 1, 0xfe], &mut slots).unwrap(), Some(Request::Reset));
+        assert_eq!(m.pio_write(0x64, 1, &[0, 1, 0xfe]).unwrap(), Some(Request::Reset));
     }
 }

@@ -23,16 +23,17 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arbitrary::{Arbitrary, Unstructured};
 
 use crate::backing::BackingFile;
-use crate::device_manager::{BarId, BarState, DeviceManager, GuestSpace, MapError, MemoryMapper};
+use crate::device_manager::{BarId, BarState, DeviceManager, GuestSpace};
 use crate::devices::{SerialPort, legacy};
-use crate::layout;
+use crate::hypervisor::{self, Hypervisor};
 use crate::pci::HostMemory;
+use crate::{layout, lock};
 
 const RAM: u64 = 64 << 20;
 const PHYS_BITS: u8 = 40;
@@ -151,24 +152,30 @@ pub enum Action {
     },
 }
 
-/// KVM's memory slots, as a map; a call that KVM would not expect is a violation.
+/// KVM as a model: its memory slots as a map. A call that KVM would not
+/// expect is a violation.
 #[derive(Default)]
-struct Slots {
-    map: HashMap<BarId, (u64, HostMemory)>,
+struct Model {
+    slots: HashMap<BarId, (u64, HostMemory)>,
     violation: Option<String>,
 }
 
-impl MemoryMapper for Slots {
-    fn map(&mut self, bar: BarId, addr: u64, host: HostMemory) -> Result<(), MapError> {
-        if self.map.insert(bar, (addr, host)).is_some() {
-            self.violation.get_or_insert(format!("{bar} mapped while mapped"));
+#[derive(Default)]
+struct ModelHypervisor(Mutex<Model>);
+
+impl Hypervisor for ModelHypervisor {
+    fn map_memory(&self, bar: BarId, addr: u64, host: HostMemory) -> Result<(), hypervisor::Error> {
+        let mut m = lock(&self.0);
+        if m.slots.insert(bar, (addr, host)).is_some() {
+            m.violation.get_or_insert(format!("{bar} mapped while mapped"));
         }
         Ok(())
     }
 
-    fn unmap(&mut self, bar: BarId) -> Result<(), MapError> {
-        if self.map.remove(&bar).is_none() {
-            self.violation.get_or_insert(format!("{bar} unmapped while not mapped"));
+    fn unmap_memory(&self, bar: BarId) -> Result<(), hypervisor::Error> {
+        let mut m = lock(&self.0);
+        if m.slots.remove(&bar).is_none() {
+            m.violation.get_or_insert(format!("{bar} unmapped while not mapped"));
         }
         Ok(())
     }
@@ -177,7 +184,7 @@ impl MemoryMapper for Slots {
 /// A device manager as the VM builds it, with the model of KVM beside it.
 pub struct Harness {
     devices: DeviceManager,
-    slots: Slots,
+    kvm: Arc<ModelHypervisor>,
 }
 
 impl Default for Harness {
@@ -193,14 +200,15 @@ impl Harness {
             reserved: vec![(layout::IOAPIC..layout::PCI_MMIO64_START, "the APICs")],
             phys_bits: PHYS_BITS,
         };
-        let mut devices = DeviceManager::new(space).expect("platform devices");
+        let kvm = Arc::new(ModelHypervisor::default());
+        let mut devices = DeviceManager::new(space, kvm.clone()).expect("platform devices");
         let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         let serial = Arc::new(std::sync::Mutex::new(SerialPort::new(irq, std::io::sink())));
         devices.add_port_device(serial, legacy::COM1, legacy::COM1_LEN).expect("serial");
         for (i, size) in DEVICES.into_iter().enumerate() {
             devices.add_ivshmem(Arc::new(BackingFile::memfd(size)), 100 + i as u32).expect("device");
         }
-        Self { devices, slots: Slots::default() }
+        Self { devices, kvm }
     }
 
     fn bar(&self, slot: u8, bar: u8) -> Option<BarState> {
@@ -213,7 +221,7 @@ impl Harness {
 
     fn pio_write(&mut self, port: u16, size: usize, data: &[u8]) -> Result<(), String> {
         // A reset ends a VM; here the guest goes on, which tests more.
-        self.devices.pio_write(port, size, data, &mut self.slots).map(drop).map_err(|e| format!("pio write: {e}"))
+        self.devices.pio_write(port, size, data).map(drop).map_err(|e| format!("pio write: {e}"))
     }
 
     fn config_write(&mut self, slot: u8, reg: u8, data: &[u8]) -> Result<(), String> {
@@ -296,7 +304,7 @@ impl Harness {
             Action::MmioWrite { addr, len, value } => {
                 let addr = self.mmio_address(addr);
                 self.devices
-                    .mmio_write(addr, &value.to_le_bytes()[..usize::from(len % 8 + 1)], &mut self.slots)
+                    .mmio_write(addr, &value.to_le_bytes()[..usize::from(len % 8 + 1)])
                     .map_err(|e| format!("mmio write: {e}"))?;
             }
         }
@@ -305,7 +313,8 @@ impl Harness {
 
     /// Checks every invariant of the module documentation.
     pub fn check(&self) -> Result<(), String> {
-        if let Some(v) = &self.slots.violation {
+        let model = lock(&self.kvm.0);
+        if let Some(v) = &model.violation {
             return Err(v.clone());
         }
         let bars = self.devices.bars();
@@ -326,7 +335,7 @@ impl Harness {
                 }
                 (None, _) => {}
             }
-            let slot = self.slots.map.get(&b.id);
+            let slot = model.slots.get(&b.id);
             match (b.memory, b.mapped) {
                 (Some(host), Some(m)) if slot != Some(&(m, host)) => {
                     return Err(format!("{} mapped at {m:#x}, memory slot {slot:x?}", b.id));
@@ -435,7 +444,7 @@ mod tests {
         h.step(Action::Decode { slot: 1, on: true }).unwrap();
         h.check().unwrap();
         // Pretend KVM lost the slot: the check must notice.
-        h.slots.map.clear();
+        lock(&h.kvm.0).slots.clear();
         assert!(h.check().unwrap_err().contains("memory slot"));
     }
 }

@@ -23,6 +23,7 @@ pub mod emulator;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod host;
+pub mod hypervisor;
 pub mod layout;
 pub mod memory;
 pub mod mptable;

@@ -21,7 +21,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
-use crate::device_manager::{self, DeviceManager, MemoryMapper, Request};
+use crate::device_manager::{self, DeviceManager, Request};
 use crate::emulator;
 use crate::profile::Profiler;
 use crate::ratelimit::LogLimit;
@@ -139,12 +139,7 @@ impl Vcpu {
     }
 
     /// Runs the guest until it needs the VM's attention.
-    pub fn run(
-        &mut self,
-        devices: &mut DeviceManager,
-        mapper: &mut dyn MemoryMapper,
-        mem: &GuestMemoryMmap,
-    ) -> Result<Stop, Error> {
+    pub fn run(&mut self, devices: &mut DeviceManager, mem: &GuestMemoryMmap) -> Result<Stop, Error> {
         let run: *const kvm_run = self.fd.get_kvm_run();
         loop {
             if self.kicker.stop_requested() {
@@ -164,13 +159,13 @@ impl Vcpu {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     // SAFETY: as for IoIn.
                     let size = unsafe { (*run).__bindgen_anon_1.io.size };
-                    devices.pio_write(port, size.into(), data, mapper)?
+                    devices.pio_write(port, size.into(), data)?
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     devices.mmio_read(addr, data);
                     None
                 }
-                Ok(VcpuExit::MmioWrite(addr, data)) => devices.mmio_write(addr, data, mapper)?,
+                Ok(VcpuExit::MmioWrite(addr, data)) => devices.mmio_write(addr, data)?,
                 Ok(VcpuExit::Shutdown) => {
                     let rip = self.fd.get_regs().map_err(kvm("get regs"))?.rip;
                     return Ok(Stop::Shutdown { rip });

@@ -1,26 +1,25 @@
 //! The VM: KVM, guest RAM and boot data, the devices, and running it to a
-//! status. The device model lives in [`DeviceManager`], the exit handling
-//! in [`Vcpu`]; this module builds them and applies what they decide to KVM
-//! (the memory slots of BARs, see [`KvmSlots`]).
+//! status. The device model lives in [`DeviceManager`] (which reaches KVM
+//! through [`KvmHypervisor`]), the exit handling in [`Vcpu`]; this module
+//! builds them and judges how the guest ended.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
+use kvm_ioctls::Kvm;
 use log::info;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::backing::{self, BackingFile, ShrinkWatch};
 use crate::console::{ConsoleOutput, GuestReport};
-use crate::device_manager::{self, BarId, DeviceManager, GuestSpace, MapError, MemoryMapper};
+use crate::device_manager::{self, DeviceManager, GuestSpace};
 use crate::devices::{SerialPort, legacy};
 use crate::host::HostKvm;
-use crate::pci::HostMemory;
+use crate::hypervisor::KvmHypervisor;
 use crate::profile::Profiler;
 use crate::vcpu::{self, Stop, Vcpu};
 use crate::{boot, cpu, host, layout, lock, memory, mptable};
@@ -87,53 +86,12 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
 }
 
-/// KVM memory slots for the BARs that map host memory. Slot 0 is RAM; a
-/// BAR takes the next free number when it is first mapped and keeps it.
-#[derive(Default)]
-struct SlotTable(BTreeMap<BarId, u32>);
-
-/// The [`MemoryMapper`] that puts BAR memory into the guest through KVM.
-struct KvmSlots<'a> {
-    vm: &'a VmFd,
-    table: &'a mut SlotTable,
-}
-
-impl KvmSlots<'_> {
-    fn set(&mut self, bar: BarId, guest_addr: u64, host: Option<HostMemory>) -> Result<(), MapError> {
-        let next = self.table.0.len() as u32 + 1;
-        let slot = *self.table.0.entry(bar).or_insert(next);
-        let region = kvm_userspace_memory_region {
-            slot,
-            guest_phys_addr: guest_addr,
-            // Size 0 deletes the slot.
-            memory_size: host.map_or(0, |h| h.len),
-            userspace_addr: host.map_or(0, |h| h.addr as u64),
-            flags: 0,
-        };
-        // SAFETY: the host range is a BackingFile's mapping. The device
-        // manager, which holds the file, outlives the VmFd (see the field
-        // order of Vm), so the memory stays mapped as long as the slot exists.
-        unsafe { self.vm.set_user_memory_region(region) }
-    }
-}
-
-impl MemoryMapper for KvmSlots<'_> {
-    fn map(&mut self, bar: BarId, guest_addr: u64, host: HostMemory) -> Result<(), MapError> {
-        self.set(bar, guest_addr, Some(host))
-    }
-
-    fn unmap(&mut self, bar: BarId) -> Result<(), MapError> {
-        self.set(bar, 0, None)
-    }
-}
-
 pub struct Vm {
-    // Field order is drop order: the vCPU and the VM (and with it its memory
-    // slots) go before the guest memory and the devices whose files the
-    // slots point into.
+    // Field order is drop order: the vCPU goes first, so that no guest runs
+    // once the guest memory and the devices' files that the VM's memory
+    // slots point into are gone; the devices hold the VM fd (in their
+    // KvmHypervisor), which goes before the RAM it maps.
     vcpu: Vcpu,
-    vm: VmFd,
-    slots: SlotTable,
     devices: DeviceManager,
     mem: GuestMemoryMmap,
     watch: ShrinkWatch,
@@ -164,13 +122,13 @@ impl Vm {
             .map(|s| BackingFile::open(&s.path, s.size).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let vm = kvm_fd.create_vm().map_err(kvm("create VM"))?;
+        let vm = Arc::new(kvm_fd.create_vm().map_err(kvm("create VM"))?);
         vm.set_tss_address(layout::KVM_TSS as usize).map_err(kvm("set TSS address"))?;
         vm.create_irq_chip().map_err(kvm("create in-kernel irqchip"))?;
         vm.create_pit2(kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() })
             .map_err(kvm("create PIT"))?;
 
-        // A field of the Vm dropped after `vm`.
+        // A field of the Vm, dropped after the devices that hold `vm`.
         let mem = memory::create_ram(&vm, ram_size)?;
 
         let kernel = boot::load_kernel(&mem, &config.kernel)?;
@@ -190,7 +148,7 @@ impl Vm {
             reserved: vec![(layout::IOAPIC..layout::PCI_MMIO64_START, "the APICs and KVM's TSS")],
             phys_bits: cpu::phys_address_bits(&kvm_fd)?,
         };
-        let mut devices = DeviceManager::new(space)?;
+        let mut devices = DeviceManager::new(space, Arc::new(KvmHypervisor::new(vm.clone())))?;
         let report = Arc::new(Mutex::new(GuestReport::default()));
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Threads)?;
         vm.register_irqfd(&serial_irq, legacy::COM1_GSI).map_err(kvm("register serial irqfd"))?;
@@ -203,7 +161,7 @@ impl Vm {
         }
         let watch = ShrinkWatch::start(files, vcpu.kicker()).map_err(Error::Threads)?;
 
-        Ok(Self { vcpu, vm, slots: SlotTable::default(), devices, mem, watch, report, serial })
+        Ok(Self { vcpu, devices, mem, watch, report, serial })
     }
 
     /// Copies our stdin to the guest's console.
@@ -247,8 +205,7 @@ impl Vm {
     }
 
     fn run_vcpu(&mut self) -> Result<i32, Error> {
-        let mut slots = KvmSlots { vm: &self.vm, table: &mut self.slots };
-        let stop = self.vcpu.run(&mut self.devices, &mut slots, &self.mem);
+        let stop = self.vcpu.run(&mut self.devices, &self.mem);
         let report = lock(&self.report).clone();
         // A file that shrank explains a stop the guest did not ask for.
         let unasked = !matches!(stop, Ok(Stop::Reset)) && report.exit_status.is_none();

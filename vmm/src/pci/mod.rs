@@ -24,6 +24,12 @@ pub struct HostMemory {
     pub len: u64,
 }
 
+// SAFETY: a HostMemory is an address and a length that are handed to the
+// hypervisor; nothing dereferences the pointer, from any thread.
+unsafe impl Send for HostMemory {}
+// SAFETY: as above.
+unsafe impl Sync for HostMemory {}
+
 pub trait PciDevice: Send {
     fn config(&self) -> &PciConfig;
     fn config_mut(&mut self) -> &mut PciConfig;
