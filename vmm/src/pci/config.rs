@@ -1,13 +1,18 @@
 //! A type-0 PCI configuration space: identity registers, the command
-//! register and memory BARs, with per-bit write masks so that read-only
-//! fields ignore writes and a BAR sizing probe (all ones) reads back the
-//! size mask.
+//! register, memory BARs and a list of capabilities, with per-bit write
+//! masks so that read-only fields ignore writes and a BAR sizing probe (all
+//! ones) reads back the size mask.
 
 pub const VENDOR_ID: usize = 0x00;
 pub const COMMAND: usize = 0x04;
+const STATUS: usize = 0x06;
 pub const REVISION_CLASS: usize = 0x08;
 pub const BAR0: usize = 0x10;
 pub const SUBSYSTEM: usize = 0x2c;
+const CAPABILITIES_POINTER: usize = 0x34;
+/// Capabilities go after the standard header.
+const FIRST_CAPABILITY: usize = 0x40;
+const STATUS_CAPABILITIES: u16 = 1 << 4;
 pub const INTERRUPT_LINE: usize = 0x3c;
 
 pub const COMMAND_MEMORY: u16 = 1 << 1;
@@ -48,12 +53,17 @@ pub enum Error {
     BarSize(u64),
     #[error("BAR address {addr:#x} is not aligned to its size {size:#x}")]
     BarAlignment { addr: u64, size: u64 },
+    #[error("no room for a {len}-byte capability in the configuration space")]
+    CapabilityRoom { len: usize },
 }
 
 pub struct PciConfig {
     regs: [u32; 64],
     writable: [u32; 64],
     bars: [Option<Bar>; NUM_BARS],
+    /// Where the next capability goes, and the last one's offset.
+    next_capability: usize,
+    last_capability: Option<usize>,
 }
 
 impl PciConfig {
@@ -66,7 +76,47 @@ impl PciConfig {
         writable[COMMAND / 4] = COMMAND_WRITABLE;
         // Interrupt line is scratch space for the OS; interrupt pin 0 (none) is read-only.
         writable[INTERRUPT_LINE / 4] = 0xff;
-        Self { regs, writable, bars: [None; NUM_BARS] }
+        Self { regs, writable, bars: [None; NUM_BARS], next_capability: FIRST_CAPABILITY, last_capability: None }
+    }
+
+    /// Appends a capability with ID `id`: `body` follows the ID and next
+    /// pointer, and `writable` (as long as `body`) says which of its bits
+    /// the guest may change. Returns the capability's offset.
+    pub fn add_capability(&mut self, id: u8, body: &[u8], writable: &[u8]) -> Result<usize, Error> {
+        let len = 2 + body.len();
+        let offset = self.next_capability;
+        if offset + len > self.regs.len() * 4 || body.len() != writable.len() {
+            return Err(Error::CapabilityRoom { len });
+        }
+        self.set_byte(offset, id, 0);
+        self.set_byte(offset + 1, 0, 0);
+        for (i, (&b, &w)) in body.iter().zip(writable).enumerate() {
+            self.set_byte(offset + 2 + i, b, w);
+        }
+        match self.last_capability {
+            Some(last) => self.set_byte(last + 1, offset as u8, 0),
+            None => {
+                self.set_byte(CAPABILITIES_POINTER, offset as u8, 0);
+                let status = self.regs[STATUS / 4] >> 16 | u32::from(STATUS_CAPABILITIES);
+                self.regs[STATUS / 4] = (self.regs[STATUS / 4] & 0xffff) | status << 16;
+            }
+        }
+        self.last_capability = Some(offset);
+        self.next_capability = (offset + len).next_multiple_of(4);
+        Ok(offset)
+    }
+
+    fn set_byte(&mut self, offset: usize, value: u8, writable: u8) {
+        let (reg, shift) = (offset / 4, (offset % 4) * 8);
+        self.regs[reg] = (self.regs[reg] & !(0xff << shift)) | u32::from(value) << shift;
+        self.writable[reg] = (self.writable[reg] & !(0xff << shift)) | u32::from(writable) << shift;
+    }
+
+    /// The 16-bit register at `offset`.
+    pub fn read_u16(&self, offset: usize) -> u16 {
+        let mut b = [0u8; 2];
+        self.read(offset, &mut b);
+        u16::from_le_bytes(b)
     }
 
     /// Declares BAR `index` (a 64-bit BAR also takes `index + 1`) at `addr`,
@@ -220,6 +270,23 @@ mod tests {
         // A byte write to the command register disables decoding.
         c.write(COMMAND, &[0]);
         assert_eq!((c.bar_mapping(0), c.bar_mapping(2)), (None, None));
+    }
+
+    #[test]
+    fn capabilities_form_a_list_with_writable_bits() {
+        let mut c = config();
+        assert_eq!(read32(&c, 4) >> 16 & 0x10, 0, "no capability list yet");
+        let first = c.add_capability(0x11, &[0x07, 0x00], &[0x00, 0xc0]).unwrap();
+        let second = c.add_capability(0x09, &[1, 2, 3], &[0; 3]).unwrap();
+        assert_eq!((first, second), (0x40, 0x44));
+        assert_eq!(read32(&c, 4) >> 16 & 0x10, 0x10, "status: capabilities list");
+        assert_eq!(read32(&c, 0x34) & 0xff, 0x40);
+        assert_eq!(read32(&c, 0x40), 0x0007_4411, "ID 0x11, next at 0x44, body");
+        c.write(0x42, &0xffffu16.to_le_bytes());
+        assert_eq!(c.read_u16(0x42), 0xc007, "only the writable bits changed");
+        c.write(0x45, &[0]);
+        assert_eq!(read32(&c, 0x44) >> 8 & 0xff, 0, "the list ends at the second");
+        assert_eq!(c.add_capability(0x05, &[0; 250], &[0; 250]), Err(Error::CapabilityRoom { len: 252 }));
     }
 
     #[test]

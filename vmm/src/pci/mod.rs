@@ -2,6 +2,7 @@
 //! mechanism #1 (ports 0xCF8 address, 0xCFC data) that Linux probes without ACPI.
 
 pub mod config;
+pub mod msix;
 
 pub use config::{BarKind, Error, Identity, NUM_BARS, PciConfig};
 
