@@ -8,6 +8,8 @@
 //! area + 0x040   heartbeat: u64, bumped by the server while it waits
 //! area + 0x080   req_seq: u64, the client's latest request
 //! area + 0x0c0   resp_seq: u64, the server's latest answer
+//! area + 0x100   server_peer: u64, the server's doorbell id + 1 (0: it polls)
+//! area + 0x140   client_peer: u64, the client's doorbell id + 1 (0: it polls)
 //! area + 0x1000  request:  kind u32 (1 data, 2 stop), len u32, payload at +16
 //! area + 0x2000  response: checksum u64, len u32, payload at +16
 //! ```
@@ -24,6 +26,12 @@
 //! The heartbeat lets a client tell a live server from a mailbox left behind
 //! by one that died: a client that sent to the latter would have its request
 //! wiped when the next server formats the mailbox.
+//!
+//! Either side may wait with doorbell interrupts ([`Wake`]) instead of
+//! spinning: it announces its doorbell id (ivshmem's IVPosition) in the
+//! mailbox, and the other side rings its vector 0 after each store it waits
+//! for. A server that waits for interrupts wakes at least every
+//! [`IDLE_WAKE`] to beat its heartbeat; a side that polls rings nobody.
 
 use core::fmt;
 use core::hint::spin_loop;
@@ -41,6 +49,8 @@ pub(crate) const STATE: usize = 0x000;
 pub(crate) const HEARTBEAT: usize = 0x040;
 pub(crate) const REQ_SEQ: usize = 0x080;
 pub(crate) const RESP_SEQ: usize = 0x0c0;
+pub(crate) const SERVER_PEER: usize = 0x100;
+pub(crate) const CLIENT_PEER: usize = 0x140;
 pub(crate) const REQUEST: usize = 0x1000;
 pub(crate) const RESPONSE: usize = 0x2000;
 pub(crate) const KIND_AT: usize = 0;
@@ -51,6 +61,44 @@ pub(crate) const PAYLOAD_AT: usize = 16;
 
 pub(crate) const KIND_DATA: u32 = 1;
 pub(crate) const KIND_STOP: u32 = 2;
+
+/// The longest a server waiting for interrupts sleeps between heartbeats.
+pub const IDLE_WAKE: core::time::Duration = core::time::Duration::from_millis(100);
+/// The vector each side is rung on.
+pub const VECTOR: u16 = 0;
+
+/// How one side of the mailbox waits for the other and wakes it.
+pub trait Wake {
+    /// This side's doorbell id, announced to the other side; `None` if it polls.
+    fn id(&self) -> Option<u16>;
+    /// Waits until the other side may have written: after a ring on
+    /// [`VECTOR`], or `timeout`, whichever comes first (a poller returns at once).
+    fn wait(&mut self, timeout: core::time::Duration);
+    /// Rings `peer`'s [`VECTOR`].
+    fn ring(&mut self, peer: u16);
+}
+
+/// Waiting by spinning: no doorbell.
+pub struct Polling;
+
+impl Wake for Polling {
+    fn id(&self) -> Option<u16> {
+        None
+    }
+    fn wait(&mut self, _: core::time::Duration) {
+        spin_loop();
+    }
+    fn ring(&mut self, _: u16) {}
+}
+
+/// The doorbell id stored in `field` (id + 1, 0 for none).
+pub(crate) fn peer_id(stored: u64) -> Option<u16> {
+    stored.checked_sub(1).and_then(|id| u16::try_from(id).ok())
+}
+
+pub(crate) fn stored_id(id: Option<u16>) -> u64 {
+    id.map_or(0, |id| u64::from(id) + 1)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerState {
@@ -123,7 +171,7 @@ impl<'a> Mailbox<'a> {
         Header::retract(&region);
         let this = Self { region, area: HEADER_LEN };
         // The heartbeat is left alone: clients look only at its changes.
-        for field in [STATE, REQ_SEQ, RESP_SEQ] {
+        for field in [STATE, REQ_SEQ, RESP_SEQ, SERVER_PEER, CLIENT_PEER] {
             this.u64(field).store(0, Relaxed);
         }
         header.publish(&region);
@@ -159,13 +207,24 @@ impl<'a> Mailbox<'a> {
     /// between (no system calls: they are what is slow in the guest).
     /// Returns how many data requests were answered.
     pub fn serve(&self) -> Result<u64, EchoError> {
+        self.serve_with(&mut Polling)
+    }
+
+    /// Serves requests until a stop request, waiting for them with `wake`.
+    pub fn serve_with(&self, wake: &mut impl Wake) -> Result<u64, EchoError> {
+        self.u64(SERVER_PEER).store(stored_id(wake.id()), Relaxed);
         self.set_state(ServerState::Serving);
-        let result = self.serve_requests();
+        let result = self.serve_requests(wake);
         self.set_state(ServerState::Stopped);
         result
     }
 
-    fn serve_requests(&self) -> Result<u64, EchoError> {
+    /// The server's doorbell id, if it waits for interrupts.
+    pub fn server_peer(&self) -> Option<u16> {
+        peer_id(self.u64(SERVER_PEER).load(Acquire))
+    }
+
+    fn serve_requests(&self, wake: &mut impl Wake) -> Result<u64, EchoError> {
         let (req_seq, resp_seq, heartbeat) = (self.u64(REQ_SEQ), self.u64(RESP_SEQ), self.u64(HEARTBEAT));
         let mut beat = heartbeat.load(Relaxed);
         let mut last = resp_seq.load(Relaxed);
@@ -179,7 +238,7 @@ impl<'a> Mailbox<'a> {
                 }
                 beat = beat.wrapping_add(1);
                 heartbeat.store(beat, Release);
-                spin_loop();
+                wake.wait(IDLE_WAKE);
             };
             if seq != last.wrapping_add(1) {
                 return Err(EchoError::OutOfOrder { expected: last.wrapping_add(1), found: seq });
@@ -192,11 +251,11 @@ impl<'a> Mailbox<'a> {
                     let sum = answer_checksum(seq, payload);
                     payload.reverse();
                     self.region.write(self.area + RESPONSE + PAYLOAD_AT, payload);
-                    self.answer(seq, sum, len);
+                    self.answer(seq, sum, len, wake);
                     served += 1;
                 }
                 KIND_STOP => {
-                    self.answer(seq, answer_checksum(seq, &[]), 0);
+                    self.answer(seq, answer_checksum(seq, &[]), 0, wake);
                     return Ok(served);
                 }
                 kind => return Err(EchoError::BadKind { seq, kind }),
@@ -205,10 +264,14 @@ impl<'a> Mailbox<'a> {
         }
     }
 
-    fn answer(&self, seq: u64, checksum: u64, len: u32) {
+    fn answer(&self, seq: u64, checksum: u64, len: u32, wake: &mut impl Wake) {
         self.u64(RESPONSE + CHECKSUM_AT).store(checksum, Relaxed);
         self.u32(RESPONSE + RESP_LEN_AT).store(len, Relaxed);
         // Release: the client that acquires resp_seq sees the whole answer.
         self.u64(RESP_SEQ).store(seq, Release);
+        // The client stored its id before req_seq, which we acquired.
+        if let Some(client) = peer_id(self.u64(CLIENT_PEER).load(Relaxed)) {
+            wake.ring(client);
+        }
     }
 }

@@ -11,7 +11,8 @@
 //! - [`records`]: guest processes write checksummed records, each into its own area;
 //! - [`fill`]: the host fills the data area with a seeded pseudo-random stream;
 //! - [`echo`]: a request/response mailbox for live round trips;
-//! - [`stream`]: bulk data both ways and ping-pong, for the benchmarks.
+//! - [`stream`]: bulk data both ways and ping-pong, for the benchmarks;
+//! - [`pingpong`]: two peers taking turns with doorbell rings (no header).
 
 #![cfg_attr(not(any(feature = "host", test)), no_std)]
 
@@ -20,6 +21,7 @@ mod error;
 pub mod fill;
 mod hash;
 pub mod header;
+pub mod pingpong;
 mod prng;
 pub mod records;
 mod region;

@@ -51,6 +51,10 @@ enum Command {
     /// answer, then tell it to stop (unless --keep-serving).
     Send {
         file: PathBuf,
+        /// Join the ivshmem server at SOCKET and ring the guest for each
+        /// request, waiting for its ring, if it serves with --interrupts.
+        #[arg(long)]
+        socket: Option<PathBuf>,
         #[arg(long)]
         count: u64,
         /// Seconds to wait for the server to come up (the guest may be booting).
@@ -133,11 +137,15 @@ fn run(command: Command) -> anyhow::Result<bool> {
             println!("{report}");
             return Ok(report.is_complete());
         }
-        Command::Send { file, count, wait, timeout, keep_serving } => {
+        Command::Send { file, socket, count, wait, timeout, keep_serving } => {
             let mapped = open(&file)?;
+            let mut peer = socket.as_deref().map(Peer::connect).transpose()?;
             let (wait, timeout) = (Duration::from_secs(wait), Duration::from_secs(timeout));
-            let talk = || -> Result<String, shm_layout::host::Error> {
-                let mut client = EchoClient::connect(mapped.region(), wait, timeout)?;
+            let mut talk = || -> Result<String, shm_layout::host::Error> {
+                let mut client = EchoClient::connect_with(mapped.region(), wait, timeout, peer.as_mut())?;
+                if socket.is_some() && !client.uses_interrupts() {
+                    eprintln!("kvmshm: the echo server polls; so does this client");
+                }
                 let stats = client.send(count)?;
                 if keep_serving {
                     return Ok(format!("{stats}; server still serving"));

@@ -1,5 +1,7 @@
 //! The echo client: sends requests one at a time through the mailbox and
-//! checks every answer, never waiting longer than it was told to.
+//! checks every answer, never waiting longer than it was told to. It polls
+//! for answers, or, given an ivshmem [`Peer`], rings the server and waits
+//! for its ring (when the server waits for interrupts too).
 
 use std::fmt;
 use std::hint::spin_loop;
@@ -7,9 +9,10 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
 use super::Error;
+use super::ivshmem::Peer;
 use crate::echo::{
-    CHECKSUM_AT, HEARTBEAT, KIND_AT, KIND_DATA, KIND_STOP, MAX_PAYLOAD, Mailbox, PAYLOAD_AT, REQ_LEN_AT, REQ_SEQ,
-    REQUEST, RESP_LEN_AT, RESP_SEQ, RESPONSE, ServerState, answer_checksum,
+    CHECKSUM_AT, CLIENT_PEER, HEARTBEAT, IDLE_WAKE, KIND_AT, KIND_DATA, KIND_STOP, MAX_PAYLOAD, Mailbox, PAYLOAD_AT,
+    REQ_LEN_AT, REQ_SEQ, REQUEST, RESP_LEN_AT, RESP_SEQ, RESPONSE, ServerState, VECTOR, answer_checksum, stored_id,
 };
 use crate::{LayoutError, Region, SplitMix64};
 
@@ -120,12 +123,40 @@ pub struct EchoClient<'a> {
     /// The last request answered.
     last: u64,
     timeout: Duration,
+    /// The doorbell, when the client and the server both use one.
+    doorbell: Option<(&'a mut Peer, u16)>,
 }
 
 impl<'a> EchoClient<'a> {
     /// Waits up to `wait` for a live server in `region` (the guest may still
     /// be booting); `timeout` then bounds the wait for each answer.
     pub fn connect(region: Region<'a>, wait: Duration, timeout: Duration) -> Result<Self, Error> {
+        Self::connect_with(region, wait, timeout, None)
+    }
+
+    /// As [`EchoClient::connect`]; with `peer`, rings the server and waits
+    /// for its rings if the server waits for interrupts (else it polls).
+    pub fn connect_with(
+        region: Region<'a>,
+        wait: Duration,
+        timeout: Duration,
+        peer: Option<&'a mut Peer>,
+    ) -> Result<Self, Error> {
+        let mut client = Self::find_server(region, wait, timeout)?;
+        if let (Some(peer), Some(server)) = (peer, client.mailbox.server_peer()) {
+            client.doorbell = Some((peer, server));
+        }
+        let id = client.doorbell.as_ref().map(|(peer, _)| peer.id());
+        client.mailbox.u64(CLIENT_PEER).store(stored_id(id), Relaxed);
+        Ok(client)
+    }
+
+    /// Whether requests and answers go with rings.
+    pub fn uses_interrupts(&self) -> bool {
+        self.doorbell.is_some()
+    }
+
+    fn find_server(region: Region<'a>, wait: Duration, timeout: Duration) -> Result<Self, Error> {
         let start = Instant::now();
         let mut last_beat = None;
         loop {
@@ -162,7 +193,7 @@ impl<'a> EchoClient<'a> {
         if pending != last {
             return Err(Error::Busy { pending });
         }
-        Ok(Self { mailbox, last, timeout })
+        Ok(Self { mailbox, last, timeout, doorbell: None })
     }
 
     /// Sends `count` requests one by one, checking each answer in order.
@@ -174,7 +205,7 @@ impl<'a> EchoClient<'a> {
             let seq = self.last + 1;
             let len = request_payload(seq, &mut request);
             let sent = Instant::now();
-            self.post(seq, KIND_DATA, &request[..len]);
+            self.post(seq, KIND_DATA, &request[..len])?;
             self.wait(seq)?;
             let rtt = sent.elapsed();
             self.check(seq, &request[..len], &mut answer)?;
@@ -186,23 +217,27 @@ impl<'a> EchoClient<'a> {
     }
 
     /// Tells the server to stop and waits for it to acknowledge.
-    pub fn stop(self) -> Result<(), Error> {
+    pub fn stop(mut self) -> Result<(), Error> {
         let seq = self.last + 1;
-        self.post(seq, KIND_STOP, &[]);
+        self.post(seq, KIND_STOP, &[])?;
         self.wait(seq)?;
         self.check(seq, &[], &mut [0; MAX_PAYLOAD])
     }
 
-    fn post(&self, seq: u64, kind: u32, payload: &[u8]) {
+    fn post(&mut self, seq: u64, kind: u32, payload: &[u8]) -> Result<(), Error> {
         let len = u32::try_from(payload.len()).expect("payloads fit the mailbox");
         self.mailbox.region.write(self.mailbox.area + REQUEST + PAYLOAD_AT, payload);
         self.mailbox.u32(REQUEST + KIND_AT).store(kind, Relaxed);
         self.mailbox.u32(REQUEST + REQ_LEN_AT).store(len, Relaxed);
         // Release: the server that acquires req_seq sees the whole request.
         self.mailbox.u64(REQ_SEQ).store(seq, Release);
+        if let Some((peer, server)) = &self.doorbell {
+            peer.ring(*server, VECTOR.into())?;
+        }
+        Ok(())
     }
 
-    fn wait(&self, seq: u64) -> Result<(), Error> {
+    fn wait(&mut self, seq: u64) -> Result<(), Error> {
         let start = Instant::now();
         loop {
             // The state first: the server stores Stopped after its last
@@ -217,14 +252,18 @@ impl<'a> EchoClient<'a> {
                 _ => {}
             }
             let waited = start.elapsed();
-            if waited < SPIN_FOR {
+            if waited >= self.timeout {
+                return Err(Error::Timeout { seq, timeout: self.timeout });
+            } else if let Some((peer, _)) = &mut self.doorbell {
+                // The server rings after each answer; a ring taken early
+                // (for an answer already read) only makes one pass more.
+                peer.wait((self.timeout - waited).min(IDLE_WAKE))?;
+            } else if waited < SPIN_FOR {
                 spin_loop();
             } else if super::sigbus::faulted_at(self.mailbox.region.base()) {
                 return Err(Error::MappingLost);
-            } else if waited < self.timeout {
-                std::thread::sleep(POLL_EVERY);
             } else {
-                return Err(Error::Timeout { seq, timeout: self.timeout });
+                std::thread::sleep(POLL_EVERY);
             }
         }
     }
@@ -352,8 +391,8 @@ mod tests {
         let region = file.region();
         std::thread::scope(|s| {
             let server = s.spawn(move || Mailbox::format(region).unwrap().serve());
-            let client = EchoClient::connect(region, LONG, LONG).unwrap();
-            client.post(1, 99, &[]);
+            let mut client = EchoClient::connect(region, LONG, LONG).unwrap();
+            client.post(1, 99, &[]).unwrap();
             let e = client.wait(1).err().unwrap();
             assert!(matches!(e, Error::ServerStopped { seq: 1 }), "{e}");
             assert_eq!(server.join().unwrap(), Err(EchoError::BadKind { seq: 1, kind: 99 }));
@@ -367,8 +406,8 @@ mod tests {
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
             s.spawn(|| fake_server(mailbox, &done, |_| {}));
-            let first = EchoClient::connect(file.region(), LONG, LONG).unwrap();
-            first.post(1, KIND_DATA, &[1, 2, 3]);
+            let mut first = EchoClient::connect(file.region(), LONG, LONG).unwrap();
+            first.post(1, KIND_DATA, &[1, 2, 3]).unwrap();
             let e = EchoClient::connect(file.region(), LONG, LONG).err().unwrap();
             assert!(matches!(e, Error::Busy { pending: 1 }), "{e}");
             done.store(true, SeqCst);

@@ -24,6 +24,8 @@ pub enum Error {
     MappingLost,
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    #[error("the doorbell")]
+    Doorbell(#[from] super::ivshmem::Error),
     #[error("no live echo server within {waited:?}: {seen}")]
     NoServer { waited: Duration, seen: Seen },
     #[error("the mailbox is busy: request {pending} is unanswered (another client?)")]

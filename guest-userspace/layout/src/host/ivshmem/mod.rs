@@ -26,6 +26,7 @@ mod wire;
 
 pub use peer::{Change, Peer, Ring};
 pub use server::Server;
+pub use wire::poll_readable;
 
 use std::io;
 use std::path::PathBuf;
@@ -173,6 +174,27 @@ mod tests {
         let late = Peer::connect(&server.path).unwrap();
         late.ring(good.id(), 0).unwrap();
         assert_eq!(good.wait(WAIT).unwrap(), vec![Ring { vector: 0, count: 1 }]);
+    }
+
+    #[test]
+    fn echo_round_trips_go_by_rings_both_ways() {
+        use crate::echo::Mailbox;
+        use crate::host::{EchoClient, MappedFile};
+
+        let server = Running::start("echo", 1);
+        let mut serving = Peer::connect(&server.path).unwrap();
+        let mut client = Peer::connect(&server.path).unwrap();
+        let file = MappedFile::open(&temp_file("echo-rings", 3 * 4096 + 4096)).unwrap();
+        let region = file.region();
+        let mailbox = Mailbox::format(region).unwrap();
+        std::thread::scope(|s| {
+            let echo = s.spawn(move || mailbox.serve_with(&mut serving));
+            let mut echo_client = EchoClient::connect_with(region, WAIT, WAIT, Some(&mut client)).unwrap();
+            assert!(echo_client.uses_interrupts());
+            assert_eq!(echo_client.send(200).unwrap().requests, 200);
+            echo_client.stop().unwrap();
+            assert_eq!(echo.join().unwrap(), Ok(200));
+        });
     }
 
     #[test]

@@ -118,8 +118,12 @@ impl Peer {
         &self.own
     }
 
-    /// The eventfds that ring `peer`'s vectors.
+    /// The eventfds that ring `peer`'s vectors (this peer's own too, as a
+    /// QEMU device can ring itself).
     pub fn peer_eventfds(&self, peer: u16) -> Option<&[EventFd]> {
+        if peer == self.id {
+            return Some(&self.own);
+        }
         self.peers.get(&peer).map(Vec::as_slice)
     }
 
@@ -133,9 +137,14 @@ impl Peer {
         self.socket.as_raw_fd()
     }
 
-    /// Rings `vector` of `peer`.
+    /// Whether the server closed the connection: no more joins or leaves.
+    pub fn server_gone(&self) -> bool {
+        self.server_gone
+    }
+
+    /// Rings `vector` of `peer` (or of this peer itself).
     pub fn ring(&self, peer: u16, vector: usize) -> Result<(), Error> {
-        let fds = self.peers.get(&peer).ok_or_else(|| Error::NoPeer { peer, known: self.peers() })?;
+        let fds = self.peer_eventfds(peer).ok_or_else(|| Error::NoPeer { peer, known: self.peers() })?;
         let fd = fds.get(vector).ok_or(Error::NoVector { peer, vector, vectors: fds.len() })?;
         fd.write(1)?;
         Ok(())
@@ -206,5 +215,23 @@ impl Peer {
                 return Ok(rings);
             }
         }
+    }
+}
+
+/// A host process on either side of the echo mailbox, ringing and rung on
+/// [`crate::echo::VECTOR`].
+impl crate::echo::Wake for Peer {
+    fn id(&self) -> Option<u16> {
+        Some(self.id)
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        // An error ends the wait like a timeout: the caller looks at the
+        // memory again, and gives up on its own deadline.
+        let _ = Peer::wait(self, timeout);
+    }
+
+    fn ring(&mut self, peer: u16) {
+        let _ = Peer::ring(self, peer, crate::echo::VECTOR.into());
     }
 }
