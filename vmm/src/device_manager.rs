@@ -7,6 +7,7 @@
 //! | port I/O | 0x3f8..0x400 | 16550 UART, the console (added by the VM) |
 //! | port I/O | 0xcf8..0xd00 | PCI configuration mechanism #1 ([`PciBus`]) |
 //! | MMIO | BAR0 of each ivshmem device, wherever the guest puts it | ivshmem registers |
+//! | MMIO | BAR1 of each ivshmem-doorbell device | its MSI-X table and PBA |
 //! | memory slot | BAR2 of each ivshmem device, wherever the guest puts it | the backing file |
 //!
 //! A write to a device's configuration space can enable, disable or move
@@ -25,9 +26,12 @@ use log::Level;
 
 use crate::backing::BackingFile;
 use crate::bus::{self, Action, Bus, SharedBusDevice};
+use shm_layout::host::ivshmem::Peer;
+
+use crate::devices::doorbell::{self, DoorbellThread};
 use crate::devices::{IvshmemDevice, ResetPort, legacy};
 use crate::hypervisor::{self, Hypervisor};
-use crate::pci::{self, HostMemory, PciBus, PciDevice};
+use crate::pci::{self, BarRange, HostMemory, PciBus, PciDevice, SharedPciDevice};
 use crate::ratelimit::LogLimit;
 use crate::{layout, limited, lock};
 
@@ -92,7 +96,9 @@ pub enum Error {
     #[error("--shm {path}: {size} bytes do not fit below the guest's {phys_bits}-bit physical address limit")]
     NoRoom { path: std::path::PathBuf, size: u64, phys_bits: u8 },
     #[error("--shm {path}")]
-    Bar { path: std::path::PathBuf, source: pci::Error },
+    Device { path: std::path::PathBuf, source: crate::devices::ivshmem::Error },
+    #[error("--shm {path}: starting the ivshmem-doorbell thread")]
+    Thread { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot remove the memory of {bar} from the guest")]
     Unmap {
         bar: BarId,
@@ -134,6 +140,8 @@ pub struct DeviceManager {
     ivshmem: Vec<Ivshmem>,
     /// Where the next device's BAR2 goes at boot.
     next_memory_bar: u64,
+    /// One per ivshmem-doorbell device; stopped (joined) when dropped.
+    doorbell_threads: Vec<DoorbellThread>,
 }
 
 impl DeviceManager {
@@ -152,6 +160,7 @@ impl DeviceManager {
             pci,
             ivshmem: Vec::new(),
             next_memory_bar: layout::PCI_MMIO64_START,
+            doorbell_threads: Vec::new(),
         })
     }
 
@@ -159,19 +168,39 @@ impl DeviceManager {
         Ok(self.pio.insert(device, base.into(), len.into())?)
     }
 
-    /// Plugs an ivshmem device into the next free PCI slot, with its BARs
-    /// where firmware would put them: BAR0 in the 32-bit window, BAR2
-    /// naturally aligned in the 64-bit one. They decode once the guest
-    /// enables memory decoding. Returns the slot.
+    /// Plugs an ivshmem-plain device into the next free PCI slot, with its
+    /// BARs where firmware would put them (see [`layout`]). They decode once
+    /// the guest enables memory decoding. Returns the slot.
     pub fn add_ivshmem(&mut self, memory: Arc<BackingFile>, id: u32) -> Result<u8, Error> {
+        self.add(memory, |memory, [bar0, _, bar2]| IvshmemDevice::new(memory, id, bar0, bar2))
+    }
+
+    /// Plugs an ivshmem-doorbell device whose memory and vectors come from
+    /// the server that `peer` joined, and starts its thread.
+    pub fn add_ivshmem_doorbell(&mut self, memory: Arc<BackingFile>, peer: Peer) -> Result<u8, Error> {
+        let path = memory.path().to_path_buf();
+        let hypervisor = self.hypervisor.clone();
+        let slot = self.add(memory, |memory, addrs| IvshmemDevice::with_doorbell(memory, peer, hypervisor, addrs))?;
+        let device = self.ivshmem.last().expect("just added").device.clone();
+        let thread = doorbell::serve(device).map_err(|source| Error::Thread { path, source })?;
+        self.doorbell_threads.push(thread);
+        Ok(slot)
+    }
+
+    fn add(
+        &mut self,
+        memory: Arc<BackingFile>,
+        device: impl FnOnce(Arc<BackingFile>, [u64; 3]) -> Result<IvshmemDevice, crate::devices::ivshmem::Error>,
+    ) -> Result<u8, Error> {
         let size = memory.size();
         let path = memory.path().to_path_buf();
         let bar2 = self.next_memory_bar.next_multiple_of(size);
         if bar2.checked_add(size).is_none_or(|end| end > self.space.limit()) {
             return Err(Error::NoRoom { path, size, phys_bits: self.space.phys_bits });
         }
-        let bar0 = layout::PCI_MMIO32_START + self.ivshmem.len() as u64 * 0x1000;
-        let device = IvshmemDevice::new(memory, id, bar0, bar2).map_err(|source| Error::Bar { path, source })?;
+        let bar0 = layout::PCI_MMIO32_START + self.ivshmem.len() as u64 * layout::PCI_MMIO32_PER_DEVICE;
+        let bar1 = bar0 + layout::PCI_MMIO32_PER_DEVICE / 2;
+        let device = device(memory, [bar0, bar1, bar2]).map_err(|source| Error::Device { path, source })?;
         let device = Arc::new(Mutex::new(device));
         let slot = lock(&self.pci).add(device.clone())?;
         self.next_memory_bar = bar2 + size;
@@ -218,7 +247,13 @@ impl DeviceManager {
         match action {
             None => Ok(None),
             Some(Action::Reset) => Ok(Some(Request::Reset)),
-            Some(Action::PciConfigWritten { .. }) => self.sync_bars().map(|()| None),
+            Some(Action::PciConfigWritten { slot }) => {
+                self.sync_bars()?;
+                if let Some(d) = self.ivshmem.iter().find(|d| d.slot == slot) {
+                    lock(&d.device).config_written();
+                }
+                Ok(None)
+            }
         }
     }
 
@@ -290,6 +325,7 @@ impl DeviceManager {
             Some(_) => self.hypervisor.unmap_memory(b.id).map_err(|source| Error::Unmap { bar: b.id, source })?,
             None => {
                 self.mmio.remove(old);
+                lock(&self.entry(b.id).device).bar_mapped(b.id.bar, None);
             }
         }
         let entry = self.entry(b.id);
@@ -308,8 +344,13 @@ impl DeviceManager {
                     self.hypervisor.map_memory(b.id, addr, host).map_err(|e| format!("cannot be mapped there: {e}"))
                 }
                 None => {
-                    let device = self.entry(b.id).device.clone();
-                    self.mmio.insert(device, addr, b.size).map_err(|e| e.to_string())
+                    let device: SharedPciDevice = self.entry(b.id).device.clone();
+                    let range = BarRange { device: device.clone(), bar: b.id.bar };
+                    let inserted = self.mmio.insert(Arc::new(Mutex::new(range)), addr, b.size);
+                    if inserted.is_ok() {
+                        lock(&device).bar_mapped(b.id.bar, Some(addr));
+                    }
+                    inserted.map_err(|e| e.to_string())
                 }
             },
         };
@@ -344,8 +385,11 @@ impl DeviceManager {
 mod tests {
     use std::collections::HashMap;
 
+    use vmm_sys_util::eventfd::EventFd;
+
     use super::*;
     use crate::pci::config::{BAR0, COMMAND, COMMAND_MEMORY};
+    use crate::pci::msix::MsiMessage;
 
     const RAM: u64 = 128 << 20;
 
@@ -361,6 +405,21 @@ mod tests {
         fn unmap_memory(&self, bar: BarId) -> Result<(), hypervisor::Error> {
             assert!(lock(&self.0).remove(&bar).is_some(), "{bar} unmapped but not mapped");
             Ok(())
+        }
+        fn add_ioevent(&self, _: &EventFd, _: u64, _: u32) -> Result<(), hypervisor::Error> {
+            unreachable!("no doorbell devices here")
+        }
+        fn remove_ioevent(&self, _: &EventFd, _: u64, _: u32) -> Result<(), hypervisor::Error> {
+            unreachable!("no doorbell devices here")
+        }
+        fn allocate_gsi(&self) -> u32 {
+            unreachable!("no doorbell devices here")
+        }
+        fn attach_irqfd(&self, _: &EventFd, _: u32, _: MsiMessage) -> Result<(), hypervisor::Error> {
+            unreachable!("no doorbell devices here")
+        }
+        fn detach_irqfd(&self, _: &EventFd, _: u32) -> Result<(), hypervisor::Error> {
+            unreachable!("no doorbell devices here")
         }
     }
 
@@ -415,11 +474,11 @@ mod tests {
         decode(&mut m, 2, true);
         let bar2 = BarId { slot: 2, bar: 2 };
         assert_eq!(slots.addr(bar2), Some(1 << 32 | 1 << 20));
-        assert_eq!(iv_position(&m, 0xc000_1000), 1, "BAR0 of the second device is on the MMIO bus");
+        assert_eq!(iv_position(&m, 0xc000_2000), 1, "BAR0 of the second device is on the MMIO bus");
         assert_eq!(iv_position(&m, 0xc000_0000), u32::MAX, "the first device does not decode");
         decode(&mut m, 2, false);
         assert!(slots.is_empty());
-        assert_eq!(iv_position(&m, 0xc000_1000), u32::MAX);
+        assert_eq!(iv_position(&m, 0xc000_2000), u32::MAX);
     }
 
     #[test]

@@ -27,12 +27,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arbitrary::{Arbitrary, Unstructured};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::backing::BackingFile;
 use crate::device_manager::{BarId, BarState, DeviceManager, GuestSpace};
 use crate::devices::{SerialPort, legacy};
 use crate::hypervisor::{self, Hypervisor};
 use crate::pci::HostMemory;
+use crate::pci::msix::MsiMessage;
 use crate::{layout, lock};
 
 const RAM: u64 = 64 << 20;
@@ -160,6 +162,10 @@ struct Model {
     violation: Option<String>,
 }
 
+fn no_doorbells() -> ! {
+    unreachable!("the harness has no ivshmem-doorbell device")
+}
+
 #[derive(Default)]
 struct ModelHypervisor(Mutex<Model>);
 
@@ -178,6 +184,26 @@ impl Hypervisor for ModelHypervisor {
             m.violation.get_or_insert(format!("{bar} unmapped while not mapped"));
         }
         Ok(())
+    }
+
+    fn add_ioevent(&self, _: &EventFd, _: u64, _: u32) -> Result<(), hypervisor::Error> {
+        no_doorbells()
+    }
+
+    fn remove_ioevent(&self, _: &EventFd, _: u64, _: u32) -> Result<(), hypervisor::Error> {
+        no_doorbells()
+    }
+
+    fn allocate_gsi(&self) -> u32 {
+        no_doorbells()
+    }
+
+    fn attach_irqfd(&self, _: &EventFd, _: u32, _: MsiMessage) -> Result<(), hypervisor::Error> {
+        no_doorbells()
+    }
+
+    fn detach_irqfd(&self, _: &EventFd, _: u32) -> Result<(), hypervisor::Error> {
+        no_doorbells()
     }
 }
 

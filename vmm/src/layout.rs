@@ -5,7 +5,7 @@
 //! 0x0000_8ff0  boot stack (grows down) 0x0000_9000  boot page tables (PML4, PDPT, PD)
 //! 0x0002_0000  kernel command line     0x0009_fc00  MP table (reserved in the e820 map)
 //! 0x0010_0000  RAM above 1 MiB: kernel at its ELF address, initramfs at the top of RAM
-//! 0xc000_0000  32-bit PCI window: BAR0 of each ivshmem device
+//! 0xc000_0000  32-bit PCI window: 8 KiB per ivshmem device, BAR0 (registers) then BAR1 (MSI-X)
 //! 0xfec0_0000  IOAPIC                  0xfee0_0000  local APIC
 //! 0xfffb_d000  KVM's TSS (3 pages; Intel's VM entry needs one)
 //! 4 GiB..      64-bit PCI window: BAR2 (shared memory) of each ivshmem device
@@ -31,6 +31,7 @@ pub const MIN_RAM: u64 = 32 << 20;
 
 pub const PCI_MMIO32_START: u64 = 0xc000_0000;
 pub const PCI_MMIO32_END: u64 = IOAPIC;
+pub const PCI_MMIO32_PER_DEVICE: u64 = 0x2000;
 pub const IOAPIC: u64 = 0xfec0_0000;
 pub const KVM_TSS: u64 = 0xfffb_d000;
 pub const PCI_MMIO64_START: u64 = 1 << 32;

@@ -24,10 +24,12 @@ struct Args {
     /// Appended to the kernel command line, e.g. 'run=/bin/kvmshm-demo -- write'.
     #[arg(long, default_value = "")]
     cmdline: String,
-    /// A shared-memory device: path=FILE,size=SIZE[,id=N]. SIZE is a power of
-    /// two with an optional K, M or G suffix; a missing FILE is created, an
-    /// existing one must be at least SIZE bytes. Repeat for more devices (at
-    /// most 31).
+    /// A shared-memory device. path=FILE,size=SIZE[,id=N]: ivshmem-plain;
+    /// SIZE is a power of two with an optional K, M or G suffix; a missing
+    /// FILE is created, an existing one must be at least SIZE bytes.
+    /// server=SOCKET: ivshmem-doorbell, with the memory, id and interrupt
+    /// vectors of the ivshmem server at SOCKET (`kvmshm server`, or QEMU's).
+    /// Repeat for more devices (at most 31).
     #[arg(long, value_parser = parse_shm)]
     shm: Vec<ShmConfig>,
     /// Sample the guest's instruction pointer every millisecond and print the
@@ -47,13 +49,19 @@ struct Args {
 }
 
 fn parse_shm(s: &str) -> anyhow::Result<ShmConfig> {
+    if let Some(socket) = s.strip_prefix("server=") {
+        if socket.is_empty() || socket.contains(',') {
+            bail!("server= takes one socket path and nothing else");
+        }
+        return Ok(ShmConfig::Server { socket: PathBuf::from(socket) });
+    }
     let (mut path, mut size, mut id) = (None, None, 0);
     for part in s.split(',') {
         match part.split_once('=') {
             Some(("path", v)) if !v.is_empty() => path = Some(PathBuf::from(v)),
             Some(("size", v)) => size = Some(vmm::backing::parse_size(v)?),
             Some(("id", v)) => id = v.parse().with_context(|| format!("bad id {v:?}"))?,
-            _ => bail!("unknown or empty option {part:?}; expected path=FILE,size=SIZE[,id=N]"),
+            _ => bail!("unknown or empty option {part:?}; expected path=FILE,size=SIZE[,id=N] or server=SOCKET"),
         }
     }
     let (Some(path), Some(size)) = (path, size) else {
@@ -62,7 +70,7 @@ fn parse_shm(s: &str) -> anyhow::Result<ShmConfig> {
     if !size.is_power_of_two() || size < 4096 {
         bail!("size {size} is not a power of two of at least 4096 bytes");
     }
-    Ok(ShmConfig { path, size, id })
+    Ok(ShmConfig::Plain { path, size, id })
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
@@ -115,7 +123,9 @@ mod tests {
     #[test]
     fn shm_option() {
         let s = parse_shm("path=/tmp/x,size=16M,id=3").unwrap();
-        assert_eq!((s.path, s.size, s.id), (PathBuf::from("/tmp/x"), 16 << 20, 3));
+        assert_eq!(s, ShmConfig::Plain { path: "/tmp/x".into(), size: 16 << 20, id: 3 });
+        assert_eq!(parse_shm("server=/run/iv.sock").unwrap(), ShmConfig::Server { socket: "/run/iv.sock".into() });
+        assert!(parse_shm("server=/run/iv.sock,size=4K").is_err());
         assert!(parse_shm("path=/tmp/x,size=3M").is_err());
         assert!(parse_shm("path=/tmp/x").is_err());
         assert!(parse_shm("size=4K").is_err());

@@ -2,17 +2,21 @@
 //!
 //! After set-up (files opened, memory mapped, threads started), every thread
 //! of the VMM runs under a seccomp filter that allows only what running a
-//! guest needs: KVM's vCPU and memory-slot ioctls, reads and writes on open
-//! descriptors, memory allocation without `PROT_EXEC`, futexes, timers,
-//! signals and exit. No file can be opened, no process started, no socket
-//! made. Any other system call raises `SIGSYS`, whose handler names the call
+//! guest needs: KVM's vCPU, memory-slot, ioeventfd, irqfd and routing
+//! ioctls, reads and writes on open descriptors (and descriptors received
+//! from an ivshmem server), memory allocation without `PROT_EXEC`, futexes,
+//! timers, polling, signals and exit. No file can be opened, no process
+//! started, no socket made. Any other system call raises `SIGSYS`, whose handler names the call
 //! and ends the VMM (status 125), as Firecracker and cloud-hypervisor do.
 //! `--seccomp off` leaves the filter out, for debugging; `--seccomp log`
 //! allows everything but has the kernel log what the filter would refuse.
 
 use std::collections::BTreeMap;
 
-use kvm_bindings::{KVMIO, kvm_fpu, kvm_regs, kvm_translation, kvm_userspace_memory_region, kvm_vcpu_events};
+use kvm_bindings::{
+    KVMIO, kvm_fpu, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_regs, kvm_translation, kvm_userspace_memory_region,
+    kvm_vcpu_events,
+};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
 };
@@ -27,6 +31,9 @@ ioctl_ior_nr!(KVM_GET_FPU, KVMIO, 0x8c, kvm_fpu);
 ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
 ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
 ioctl_iow_nr!(KVM_SET_USER_MEMORY_REGION, KVMIO, 0x46, kvm_userspace_memory_region);
+ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
+ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -61,6 +68,9 @@ fn allowlist() -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
         KVM_GET_VCPU_EVENTS(),
         KVM_SET_VCPU_EVENTS(),
         KVM_SET_USER_MEMORY_REGION(),
+        KVM_SET_GSI_ROUTING(),
+        KVM_IRQFD(),
+        KVM_IOEVENTFD(),
     ];
     let ioctl = kvm_ioctls
         .iter()
@@ -74,10 +84,14 @@ fn allowlist() -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
     };
     // fstat is newfstatat(fd, "", buf, AT_EMPTY_PATH) in glibc: no paths.
     let fstatat = vec![SeccompRule::new(vec![arg_eq(3, libc::AT_EMPTY_PATH as u64)?])?];
+    // An eventfd handle of a peer that joined is a duplicate (try_clone).
+    let dup = vec![SeccompRule::new(vec![arg_eq(1, libc::F_DUPFD_CLOEXEC as u64)?])?];
 
     let always = [
         libc::SYS_read,
         libc::SYS_write,
+        libc::SYS_recvmsg,
+        libc::SYS_poll,
         libc::SYS_writev,
         libc::SYS_close,
         libc::SYS_fstat,
@@ -105,6 +119,7 @@ fn allowlist() -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
     rules.insert(libc::SYS_mmap, no_exec()?);
     rules.insert(libc::SYS_mprotect, no_exec()?);
     rules.insert(libc::SYS_newfstatat, fstatat);
+    rules.insert(libc::SYS_fcntl, dup);
     Ok(rules)
 }
 

@@ -14,6 +14,8 @@ use log::info;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use shm_layout::host::ivshmem::Peer;
+
 use crate::backing::{self, BackingFile, ShrinkWatch};
 use crate::console::{ConsoleOutput, GuestReport};
 use crate::device_manager::{self, DeviceManager, GuestSpace};
@@ -29,11 +31,13 @@ use crate::{boot, cpu, host, layout, lock, memory, mptable};
 /// `panic=-1` turns a panic into an immediate reset.
 const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
 
-#[derive(Debug, Clone)]
-pub struct ShmConfig {
-    pub path: PathBuf,
-    pub size: u64,
-    pub id: u32,
+/// One ivshmem device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShmConfig {
+    /// ivshmem-plain: `size` bytes of the file at `path`; IVPosition `id`.
+    Plain { path: PathBuf, size: u64, id: u32 },
+    /// ivshmem-doorbell: memory, id and vectors from the ivshmem server at `socket`.
+    Server { socket: PathBuf },
 }
 
 pub struct VmConfig {
@@ -64,6 +68,8 @@ pub enum Error {
     Probe(#[from] host::Error),
     #[error(transparent)]
     Backing(#[from] backing::Error),
+    #[error("--shm server={}", socket.display())]
+    Server { socket: PathBuf, source: shm_layout::host::ivshmem::Error },
     #[error(transparent)]
     Devices(#[from] device_manager::Error),
     #[error(transparent)]
@@ -114,13 +120,10 @@ impl Vm {
         let host = host::probe(&kvm_fd)?;
         log_host(&host);
 
-        // Files are opened before anything else so that a bad --shm fails
-        // before the guest starts, and never after it has written anything.
-        let files = config
-            .shm
-            .iter()
-            .map(|s| BackingFile::open(&s.path, s.size).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Files are opened and servers joined before anything else so that a
+        // bad --shm fails before the guest starts, and never after it has
+        // written anything.
+        let shared = config.shm.iter().map(Shared::open).collect::<Result<Vec<_>, _>>()?;
 
         let vm = Arc::new(kvm_fd.create_vm().map_err(kvm("create VM"))?);
         vm.set_tss_address(layout::KVM_TSS as usize).map_err(kvm("set TSS address"))?;
@@ -155,9 +158,18 @@ impl Vm {
         let serial =
             Arc::new(Mutex::new(SerialPort::new(serial_irq, ConsoleOutput::new(std::io::stdout(), report.clone()))));
         devices.add_port_device(serial.clone(), legacy::COM1, legacy::COM1_LEN)?;
-        for (file, cfg) in files.iter().zip(&config.shm) {
-            let slot = devices.add_ivshmem(file.clone(), cfg.id)?;
-            info!("ivshmem {}: {} ({} bytes) at 00:{slot:02x}.0", cfg.id, cfg.path.display(), file.size());
+        let mut files = Vec::new();
+        for shared in shared {
+            files.push(shared.memory().clone());
+            let (what, slot) = match shared {
+                Shared::Plain { memory, id } => (format!("ivshmem-plain {id}"), devices.add_ivshmem(memory, id)?),
+                Shared::Server { memory, peer } => {
+                    let what = format!("ivshmem-doorbell peer {} ({} vectors)", peer.id(), peer.own_eventfds().len());
+                    (what, devices.add_ivshmem_doorbell(memory, peer)?)
+                }
+            };
+            let memory = files.last().expect("just pushed");
+            info!("{what}: {} ({} bytes) at 00:{slot:02x}.0", memory.path().display(), memory.size());
         }
         let watch = ShrinkWatch::start(files, vcpu.kicker()).map_err(Error::Threads)?;
 
@@ -223,6 +235,37 @@ impl Vm {
             // Only the watch asks the vCPU to stop, when it has found a
             // shrunk file (handled above).
             Stop::Kicked => Err(Error::NoExitStatus),
+        }
+    }
+}
+
+/// The shared memory of one --shm, opened before the VM is built.
+enum Shared {
+    Plain { memory: Arc<BackingFile>, id: u32 },
+    Server { memory: Arc<BackingFile>, peer: Peer },
+}
+
+impl Shared {
+    fn open(config: &ShmConfig) -> Result<Self, Error> {
+        match config {
+            ShmConfig::Plain { path, size, id } => {
+                Ok(Self::Plain { memory: Arc::new(BackingFile::open(path, *size)?), id: *id })
+            }
+            ShmConfig::Server { socket } => {
+                let server_error = |source| Error::Server { socket: socket.clone(), source };
+                let peer = Peer::connect(socket).map_err(server_error)?;
+                let file = peer.memory().try_clone().map_err(|e| server_error(e.into()))?;
+                let size = file.metadata().map_err(|e| server_error(e.into()))?.len();
+                let name = PathBuf::from(format!("the memory of ivshmem server {}", socket.display()));
+                let memory = BackingFile::from_file(name, file, size, false)?;
+                Ok(Self::Server { memory: Arc::new(memory), peer })
+            }
+        }
+    }
+
+    fn memory(&self) -> &Arc<BackingFile> {
+        match self {
+            Self::Plain { memory, .. } | Self::Server { memory, .. } => memory,
         }
     }
 }

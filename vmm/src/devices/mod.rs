@@ -1,5 +1,6 @@
 //! The VM's devices: the console UART, the reset line and the ivshmem PCI device.
 
+pub mod doorbell;
 pub mod ivshmem;
 pub mod legacy;
 

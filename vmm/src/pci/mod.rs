@@ -37,6 +37,34 @@ pub trait PciDevice: Send {
     /// The host memory behind a BAR that is a KVM memory slot rather than
     /// trapped MMIO.
     fn bar_memory(&self, bar: u8) -> Option<HostMemory>;
+    /// The configuration space was written (after the BARs were brought in
+    /// line with it).
+    fn config_written(&mut self) {}
+    /// A trapped BAR is now mapped at `addr`, or not at all.
+    fn bar_mapped(&mut self, _bar: u8, _addr: Option<u64>) {}
+    /// An access that lies wholly inside trapped BAR `bar`.
+    fn bar_read(&mut self, _bar: u8, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn bar_write(&mut self, _bar: u8, _offset: u64, _data: &[u8]) -> Option<Action> {
+        None
+    }
+}
+
+/// A trapped BAR of a PCI device, as the MMIO bus sees it.
+pub struct BarRange {
+    pub device: SharedPciDevice,
+    pub bar: u8,
+}
+
+impl BusDevice for BarRange {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        crate::lock(&self.device).bar_read(self.bar, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<Action> {
+        crate::lock(&self.device).bar_write(self.bar, offset, data)
+    }
 }
 
 /// The host bridge at 00:00.0: Linux accepts configuration mechanism #1

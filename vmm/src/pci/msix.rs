@@ -116,19 +116,19 @@ impl Msix {
         if offset < self.pba_offset {
             let (v, field) = ((offset / ENTRY_SIZE) as usize, (offset % ENTRY_SIZE / 4) as usize);
             return match self.table.get(v) {
-                Some(entry) if offset % 4 == 0 => entry[field],
+                Some(entry) if offset.is_multiple_of(4) => entry[field],
                 _ => 0,
             };
         }
         let o = offset - self.pba_offset;
         match self.pending.get((o / 8) as usize) {
-            Some(&bits) if o % 4 == 0 => (bits >> (o % 8 * 8)) as u32,
+            Some(&bits) if o.is_multiple_of(4) => (bits >> (o % 8 * 8)) as u32,
             _ => 0,
         }
     }
 
     fn write_u32(&mut self, offset: u64, value: u32) {
-        if offset >= self.pba_offset || offset % 4 != 0 {
+        if offset >= self.pba_offset || !offset.is_multiple_of(4) {
             return;
         }
         let (v, field) = ((offset / ENTRY_SIZE) as usize, (offset % ENTRY_SIZE / 4) as usize);
