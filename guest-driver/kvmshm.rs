@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Driver for ivshmem-plain PCI devices (1af4:1110), as exposed by QEMU and by the kvmshm VMM.
+//! Driver for ivshmem PCI devices (1af4:1110), plain and doorbell, as exposed by QEMU and by the
+//! kvmshm VMM.
 //!
 //! Every device gets a misc character device, `/dev/kvmshm0`, `/dev/kvmshm1`, ... in probe
 //! order. Through it user space can `mmap()` the shared memory (BAR2), `read()`/`write()` it at
-//! the file position, ask for its size and IVPosition and choose the caching mode of later
-//! mappings with `ioctl()`. See README.md for the user-space interface.
+//! the file position, ask for its size, IVPosition and vectors and choose the caching mode of
+//! later mappings with `ioctl()`. On an ivshmem-doorbell device (one with an MSI-X BAR) it can
+//! also ring other peers' vectors and wait for its own ([`doorbell`]). See README.md for the
+//! user-space interface.
 //!
 //! # Mapping and memory type
 //!
@@ -37,7 +40,7 @@ use kernel::{
     device::{Bound, Core},
     fs::{File, Kiocb},
     io::Io,
-    ioctl::{_IOR, _IOW},
+    ioctl::{_IOR, _IOW, _IOWR},
     iov::{IovIterDest, IovIterSource},
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
     mm::virt::{flags as vm_flags, VmaNew},
@@ -45,6 +48,7 @@ use kernel::{
     page::{PAGE_SHIFT, PAGE_SIZE},
     pci,
     prelude::*,
+    transmute::FromBytes,
     sync::{
         atomic::{Acquire, Atomic, Relaxed, Release},
         srcu::Guard,
@@ -55,10 +59,18 @@ use kernel::{
 };
 use zerocopy_derive::Immutable;
 
+mod doorbell;
+
+use doorbell::{Doorbell, Interrupts};
+
 /// Size of BAR0, the register block.
 const BAR0_SIZE: usize = 256;
 /// Offset of the read-only IVPosition register (the device's id) in BAR0.
 const IVPOSITION: usize = 8;
+/// Offset of the write-only Doorbell register in BAR0.
+const DOORBELL: usize = 12;
+/// The BAR holding the MSI-X table of an ivshmem-doorbell device.
+const MSIX_BAR: u32 = 1;
 /// The BAR holding the shared memory.
 const SHMEM_BAR: u32 = 2;
 
@@ -66,10 +78,19 @@ const SHMEM_BAR: u32 = 2;
 const KVMSHM_IOC_INFO: u32 = _IOR::<KvmShmInfo>('K' as u32, 1);
 /// Sets the [`Caching`] mode of later `mmap()`s through this open file.
 const KVMSHM_IOC_SET_CACHING: u32 = _IOW::<u32>('K' as u32, 2);
+/// Rings a peer's vector: the argument is `peer << 16 | vector`, the Doorbell register's format.
+const KVMSHM_IOC_RING: u32 = _IOW::<u32>('K' as u32, 3);
+/// Registers an eventfd for a vector ([`KvmShmEventFd`]).
+const KVMSHM_IOC_SET_EVENTFD: u32 = _IOW::<KvmShmEventFd>('K' as u32, 4);
+/// Waits for interrupts ([`KvmShmWait`]).
+const KVMSHM_IOC_WAIT: u32 = _IOWR::<KvmShmWait>('K' as u32, 5);
 
 // README.md gives these numbers to user space.
-static_assert!(KVMSHM_IOC_INFO == 0x8010_4b01);
+static_assert!(KVMSHM_IOC_INFO == 0x8018_4b01);
 static_assert!(KVMSHM_IOC_SET_CACHING == 0x4004_4b02);
+static_assert!(KVMSHM_IOC_RING == 0x4004_4b03);
+static_assert!(KVMSHM_IOC_SET_EVENTFD == 0x4008_4b04);
+static_assert!(KVMSHM_IOC_WAIT == 0xc018_4b05);
 
 /// The argument of `KVMSHM_IOC_INFO` (`struct kvmshm_info`).
 #[repr(C)]
@@ -78,7 +99,36 @@ struct KvmShmInfo {
     size: u64,
     iv_position: u32,
     caching: u32,
+    /// Interrupt vectors: 0 for an ivshmem-plain device.
+    vectors: u32,
+    reserved: u32,
 }
+
+/// The argument of `KVMSHM_IOC_SET_EVENTFD` (`struct kvmshm_eventfd`): signal eventfd `fd` on
+/// each interrupt of `vector` (`fd` -1: none).
+#[repr(C)]
+struct KvmShmEventFd {
+    vector: u32,
+    fd: i32,
+}
+
+// SAFETY: Two 32-bit integers without padding: every bit pattern is a valid value.
+unsafe impl FromBytes for KvmShmEventFd {}
+
+/// The argument of `KVMSHM_IOC_WAIT` (`struct kvmshm_wait`): wait up to `timeout_ms`
+/// (`0xffffffff`: without limit) for an interrupt of a vector in `vectors` (a mask; 0: any)
+/// that this open file has not seen yet; `fired` returns the vectors that had one.
+#[repr(C)]
+#[derive(IntoBytes, Immutable)]
+struct KvmShmWait {
+    vectors: u64,
+    timeout_ms: u32,
+    reserved: u32,
+    fired: u64,
+}
+
+// SAFETY: Integers without padding (24 bytes, 8-aligned): every bit pattern is a valid value.
+unsafe impl FromBytes for KvmShmWait {}
 
 /// Caching mode of a user mapping, the argument of `KVMSHM_IOC_SET_CACHING`.
 #[derive(Clone, Copy, PartialEq)]
@@ -277,6 +327,10 @@ struct Shared {
     /// Size of BAR2 in bytes, a non-zero multiple of the page size.
     size: usize,
     iv_position: u32,
+    /// BAR0, the registers, claimed and mapped until the device is unbound.
+    registers: pci::DevresBar<BAR0_SIZE>,
+    /// The interrupts of an ivshmem-doorbell device.
+    doorbell: Option<Arc<Doorbell>>,
     /// Set once when the device goes away (unbind or removal).
     gone: Atomic<bool>,
     /// Protects every use of the BAR (mmap, read, write) against [`Shared::revoke`].
@@ -298,7 +352,12 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(pdev: &pci::Device<Core<'_>>, iv_position: u32) -> Result<Arc<Self>> {
+    fn new(
+        pdev: &pci::Device<Core<'_>>,
+        registers: pci::DevresBar<BAR0_SIZE>,
+        iv_position: u32,
+        doorbell: Option<Arc<Doorbell>>,
+    ) -> Result<Arc<Self>> {
         let phys = pdev.resource_start(SHMEM_BAR)?;
         let size = usize::try_from(pdev.resource_len(SHMEM_BAR)?)?;
         if size == 0 || size % PAGE_SIZE != 0 || phys % PAGE_SIZE as u64 != 0 {
@@ -309,6 +368,8 @@ impl Shared {
                 phys,
                 size,
                 iv_position,
+                registers,
+                doorbell,
                 gone: Atomic::new(false),
                 srcu <- new_srcu!(),
                 state <- new_mutex!(MapState { caching: Caching::WriteBack, vmas: 0 }),
@@ -340,6 +401,9 @@ impl Shared {
     /// it, and none will again.
     fn revoke(&self) {
         self.gone.store(true, Release);
+        if let Some(doorbell) = &self.doorbell {
+            doorbell.close();
+        }
         // Every mmap, read or write that starts from now on sees `gone` (the SRCU grace period
         // guarantee); wait for those that may have missed it.
         self.srcu.synchronize();
@@ -371,6 +435,20 @@ impl Shared {
         if !mappers.iter().any(|m| ptr::eq(&**m, mm)) {
             mappers.push(ARef::from(mm), GFP_KERNEL)?;
         }
+        Ok(())
+    }
+
+    /// The doorbell, for the doorbell requests; a plain device has none.
+    fn doorbell(&self) -> Result<&Doorbell> {
+        self.check_present()?;
+        self.doorbell.as_deref().ok_or(EOPNOTSUPP)
+    }
+
+    /// Writes `value` (`peer << 16 | vector`) to the Doorbell register.
+    fn ring(&self, value: u32) -> Result {
+        self.doorbell()?;
+        let registers = self.registers.try_access().ok_or(ENODEV)?;
+        registers.write32(value, DOORBELL);
         Ok(())
     }
 
@@ -479,6 +557,8 @@ struct KvmShmFile {
     shared: Arc<Shared>,
     /// This file's entry in `shared.mappings`.
     mapping: FileMapping,
+    /// The interrupt counts this file's waits have seen (empty for a plain device).
+    seen: KVec<Atomic<u64>>,
 }
 
 impl KvmShmFile {
@@ -487,6 +567,10 @@ impl KvmShmFile {
         // never changes it.
         let mapping = unsafe { (*file.as_ptr()).f_mapping };
         let mapping = FileMapping(NonNull::new(mapping).ok_or(EINVAL)?);
+        let seen = match &shared.doorbell {
+            Some(doorbell) => doorbell.counts()?,
+            None => KVec::new(),
+        };
         let slot = KBox::new_uninit(GFP_KERNEL)?;
         // INVARIANT: The entry is added for the `KvmShmFile` created right after (which cannot
         // fail any more), and removed when it is dropped.
@@ -496,6 +580,7 @@ impl KvmShmFile {
             Self {
                 shared: shared.clone(),
                 mapping,
+                seen,
             },
         ))
     }
@@ -507,8 +592,24 @@ impl KvmShmFile {
             size: self.shared.size as u64,
             iv_position: self.shared.iv_position,
             caching: self.shared.state.lock().caching as u32,
+            // CAST: at most `doorbell::MAX_VECTORS`.
+            vectors: self.shared.doorbell.as_ref().map_or(0, |d| d.vectors() as u32),
+            reserved: 0,
         };
         writer.write_slice(info.as_bytes())
+    }
+
+    fn set_eventfd(&self, mut reader: UserSliceReader) -> Result {
+        let request = reader.read::<KvmShmEventFd>()?;
+        self.shared.doorbell()?.set_eventfd(usize::try_from(request.vector)?, request.fd)
+    }
+
+    fn wait(&self, arg: UserPtr) -> Result {
+        let (mut reader, mut writer) = UserSlice::new(arg, size_of::<KvmShmWait>()).reader_writer();
+        let mut request = reader.read::<KvmShmWait>()?;
+        let doorbell = self.shared.doorbell()?;
+        request.fired = doorbell.wait(&self.seen, request.vectors, request.timeout_ms)?;
+        writer.write_slice(request.as_bytes())
     }
 
     fn set_caching(&self, mut reader: UserSliceReader) -> Result {
@@ -611,6 +712,11 @@ impl MiscDevice for KvmShmFile {
             KVMSHM_IOC_SET_CACHING => {
                 me.set_caching(UserSlice::new(arg, size_of::<u32>()).reader())?
             }
+            KVMSHM_IOC_RING => me.shared.ring(UserSlice::new(arg, size_of::<u32>()).reader().read::<u32>()?)?,
+            KVMSHM_IOC_SET_EVENTFD => {
+                me.set_eventfd(UserSlice::new(arg, size_of::<KvmShmEventFd>()).reader())?
+            }
+            KVMSHM_IOC_WAIT => me.wait(arg)?,
             _ => return Err(ENOTTY),
         }
         Ok(0)
@@ -666,16 +772,16 @@ fn raw_pci_dev(pdev: &pci::Device<Bound>) -> *mut bindings::pci_dev {
 ///
 /// Field order matters: fields are dropped in declaration order, `misc` (deregistration) first,
 /// then `shared`, which `KvmShmFile::open` may use until deregistration, then `index`, so that
-/// the name is only reused after it has been deregistered, and the BARs last, once nothing can
-/// reach them any more (unbind has revoked the user mappings).
+/// the name is only reused after it has been deregistered, then the interrupt handlers, and
+/// BAR2 last, once nothing can reach it any more (unbind has revoked the user mappings).
 #[pin_data]
 struct KvmShmDevice<'bound> {
     #[pin]
     misc: MiscDeviceRegistration<KvmShmFile>,
     shared: Arc<Shared>,
     index: DeviceIndex,
-    /// BAR0, the registers, claimed and mapped.
-    _registers: pci::Bar<'bound, BAR0_SIZE>,
+    /// The MSI-X vectors of an ivshmem-doorbell device, with their handlers.
+    _interrupts: Option<Interrupts<'bound>>,
     /// BAR2, the shared memory, claimed.
     _memory: RegionClaim<'bound>,
 }
@@ -706,15 +812,26 @@ impl pci::Driver for KvmShmDriver {
             let registers = pdev.iomap_region_sized::<BAR0_SIZE>(0, c"kvmshm")?;
             let memory = RegionClaim::new(pdev, SHMEM_BAR, c"kvmshm")?;
             let iv_position = registers.read32(IVPOSITION);
-            let shared = Shared::new(pdev, iv_position)?;
+            let registers = registers.into_devres()?;
+            // An MSI-X BAR makes it ivshmem-doorbell.
+            let (doorbell, interrupts) = if pdev.resource_len(MSIX_BAR).is_ok_and(|len| len > 0) {
+                let vectors = Interrupts::alloc(pdev)?;
+                let doorbell = Doorbell::new(vectors.len())?;
+                let interrupts = Interrupts::new(vectors, &doorbell)?;
+                (Some(doorbell), Some(interrupts))
+            } else {
+                (None, None)
+            };
+            let shared = Shared::new(pdev, registers, iv_position, doorbell)?;
             let index = DeviceIndex::alloc()?;
             let name = index.name();
             dev_info!(
                 pdev,
-                "kvmshm{}: {} bytes of shared memory, IVPosition {}\n",
+                "kvmshm{}: {} bytes of shared memory, IVPosition {}, {} doorbell vectors\n",
                 index.0,
                 shared.size,
-                iv_position
+                iv_position,
+                shared.doorbell.as_ref().map_or(0, |d| d.vectors())
             );
 
             // `shared` is initialised before `misc`: `open` may run as soon as `misc` is
@@ -722,7 +839,7 @@ impl pci::Driver for KvmShmDriver {
             Ok(try_pin_init!(KvmShmDevice {
                 shared,
                 index,
-                _registers: registers,
+                _interrupts: interrupts,
                 _memory: memory,
                 misc <- MiscDeviceRegistration::register(MiscDeviceOptions { name }),
             }))
@@ -738,6 +855,6 @@ kernel::module_pci_driver! {
     type: KvmShmDriver,
     name: "kvmshm",
     authors: ["kvmshm developers"],
-    description: "Shared memory of ivshmem-plain PCI devices (1af4:1110)",
+    description: "Shared memory and doorbells of ivshmem PCI devices (1af4:1110)",
     license: "GPL",
 }

@@ -16,9 +16,20 @@ use shm_layout::{HEADER_LEN, LayoutError, Region};
 #[derive(Default)]
 struct Info {
     size: u64,
-    // Filled by the driver; the programs need the size and the caching mode.
-    _iv_position: u32,
+    iv_position: u32,
     caching: u32,
+    vectors: u32,
+    _reserved: u32,
+}
+
+/// The driver's `struct kvmshm_wait`.
+#[repr(C)]
+#[derive(Default)]
+struct Wait {
+    vectors: u64,
+    timeout_ms: u32,
+    _reserved: u32,
+    fired: u64,
 }
 
 /// Linux's `_IOC(dir, type, nr, size)` encoding.
@@ -34,6 +45,10 @@ const IOC_READ: u32 = 2;
 const KVMSHM_IOC_INFO: libc::Ioctl = ioc(IOC_READ, 1, size_of::<Info>());
 /// `_IOW('K', 2, __u32)`: the device's memory type (EBUSY while it is mapped).
 const KVMSHM_IOC_SET_CACHING: libc::Ioctl = ioc(IOC_WRITE, 2, size_of::<u32>());
+/// `_IOW('K', 3, __u32)`: ring `peer << 16 | vector`.
+const KVMSHM_IOC_RING: libc::Ioctl = ioc(IOC_WRITE, 3, size_of::<u32>());
+/// `_IOWR('K', 5, struct kvmshm_wait)`: wait for this file's unseen interrupts.
+const KVMSHM_IOC_WAIT: libc::Ioctl = ioc(IOC_READ | IOC_WRITE, 5, size_of::<Wait>());
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -92,6 +107,10 @@ pub struct Device {
     size: usize,
     /// The memory type of the mapping, as the driver reports it.
     caching: Caching,
+    /// IVPosition: the doorbell id of an ivshmem-doorbell device.
+    iv_position: u32,
+    /// Doorbell vectors: 0 for ivshmem-plain (and a plain file).
+    vectors: u32,
     file: File,
 }
 
@@ -131,7 +150,39 @@ impl Device {
         if base == libc::MAP_FAILED {
             return Err(io_error("cannot map")(io::Error::last_os_error()));
         }
-        Ok(Self { base: base.cast(), size, caching, file })
+        Ok(Self { base: base.cast(), size, caching, iv_position: info.iv_position, vectors: info.vectors, file })
+    }
+
+    /// IVPosition: the doorbell id of an ivshmem-doorbell device.
+    pub fn iv_position(&self) -> u32 {
+        self.iv_position
+    }
+
+    /// Doorbell vectors: 0 for ivshmem-plain.
+    pub fn vectors(&self) -> u32 {
+        self.vectors
+    }
+
+    /// Rings `vector` of `peer` (the Doorbell register).
+    pub fn ring(&self, peer: u16, vector: u16) -> io::Result<()> {
+        let value = u32::from(peer) << 16 | u32::from(vector);
+        // SAFETY: KVMSHM_IOC_RING reads one u32, which `value` is.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), KVMSHM_IOC_RING, &value) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout_ms` for interrupts this open file has not seen on the vectors in
+    /// `mask`; returns the mask of those that had one (0 after the timeout).
+    pub fn wait(&self, mask: u64, timeout_ms: u32) -> io::Result<u64> {
+        let mut wait = Wait { vectors: mask, timeout_ms, ..Default::default() };
+        // SAFETY: KVMSHM_IOC_WAIT reads and writes one struct kvmshm_wait, which `wait` is.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), KVMSHM_IOC_WAIT, &mut wait) } != 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::ETIMEDOUT) { Ok(0) } else { Err(e) };
+        }
+        Ok(wait.fired)
     }
 
     pub fn caching(&self) -> Caching {
@@ -159,13 +210,35 @@ impl Drop for Device {
     }
 }
 
+/// The echo protocol's doorbell: waits and rings through the driver.
+pub struct DeviceWake<'a>(pub &'a Device);
+
+impl shm_layout::echo::Wake for DeviceWake<'_> {
+    fn id(&self) -> Option<u16> {
+        u16::try_from(self.0.iv_position).ok()
+    }
+
+    fn wait(&mut self, timeout: std::time::Duration) {
+        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX - 1).max(1);
+        // A failure ends the wait like a timeout: the server polls again.
+        let _ = self.0.wait(1 << shm_layout::echo::VECTOR, ms);
+    }
+
+    fn ring(&mut self, peer: u16) {
+        let _ = self.0.ring(peer, shm_layout::echo::VECTOR);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn ioctl_numbers_match_the_linux_encoding() {
-        assert_eq!(KVMSHM_IOC_INFO as u32, 0x8010_4b01);
+        // The values guest-driver/README.md gives and the driver checks.
+        assert_eq!(KVMSHM_IOC_INFO as u32, 0x8018_4b01);
         assert_eq!(KVMSHM_IOC_SET_CACHING as u32, 0x4004_4b02);
+        assert_eq!(KVMSHM_IOC_RING as u32, 0x4004_4b03);
+        assert_eq!(KVMSHM_IOC_WAIT as u32, 0xc018_4b05);
     }
 }

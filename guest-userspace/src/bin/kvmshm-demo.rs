@@ -11,29 +11,33 @@
 //! Exit status: 0 success, 1 a check or a writer failed, 2 a bad argument,
 //! a missing device or a region too small for the request.
 
+use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::process::exit;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use guest_userspace::device::{Caching, Device};
+use guest_userspace::device::{Caching, Device, DeviceWake};
 use shm_layout::echo::Mailbox;
 use shm_layout::fill;
+use shm_layout::pingpong;
 use shm_layout::records::{RECORD_LEN, Records};
 use shm_layout::stream::{Direction, Stream};
 
 const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
     [--device PATH] [--caching wb|wc|uc] followed by one of: \
     write --procs N --records M [--seed S] [--spin K] | check-records --procs N --records M | \
-    verify --seed S | echo | check-api | check-removal | memspeed --mib M | \
+    verify --seed S | echo [--interrupts 1] | pingpong --peer P --rounds N --side 0|1 | check-doorbell --slot S | check-api | check-removal | memspeed --mib M | \
     bench [--chunk-kib K] [--slots S] --total-mib T | move-bar --to ADDR; --name=VALUE works as well as --name VALUE";
 
 enum Command {
     Write { procs: u64, records: u64, seed: u64, spin: u64 },
     CheckRecords { procs: u64, records: u64 },
     Verify { seed: u64 },
-    Echo,
+    Echo { interrupts: bool },
+    PingPong { peer: u16, rounds: u64, side: u64 },
+    CheckDoorbell { slot: u64 },
     CheckApi,
     CheckRemoval,
     Memspeed { mib: u64 },
@@ -92,8 +96,17 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
             Command::Verify { seed: required(seed, "--seed")? }
         }
         "echo" => {
-            numbers(args, [])?;
-            Command::Echo
+            let [interrupts] = numbers(args, ["--interrupts"])?;
+            Command::Echo { interrupts: interrupts.unwrap_or(0) != 0 }
+        }
+        "pingpong" => {
+            let [peer, rounds, side] = numbers(args, ["--peer", "--rounds", "--side"])?;
+            let peer = u16::try_from(required(peer, "--peer")?).map_err(|_| "--peer is 0 to 65535")?;
+            Command::PingPong { peer, rounds: required(rounds, "--rounds")?, side: required(side, "--side")? }
+        }
+        "check-doorbell" => {
+            let [slot] = numbers(args, ["--slot"])?;
+            Command::CheckDoorbell { slot: required(slot, "--slot")? }
         }
         "check-api" => {
             numbers(args, [])?;
@@ -158,7 +171,9 @@ fn main() {
             Command::Write { procs, records, seed, spin } => write(&device, path, procs, records, seed, spin),
             Command::CheckRecords { procs, records } => check_records(&device, path, procs, records),
             Command::Verify { seed } => verify(&device, path, seed),
-            Command::Echo => echo(&device, path),
+            Command::Echo { interrupts } => echo(&device, path, interrupts),
+            Command::PingPong { peer, rounds, side } => pingpong(&device, path, peer, rounds, side),
+            Command::CheckDoorbell { slot } => check_doorbell(&device, path, slot),
             Command::CheckApi => check_api(&device, path),
             Command::CheckRemoval => check_removal(&device, path),
             Command::Memspeed { mib } => memspeed(&device, mib),
@@ -242,15 +257,96 @@ fn verify(device: &Device, path: &str, seed: u64) -> i32 {
     }
 }
 
-fn echo(device: &Device, path: &str) -> i32 {
+/// Serves the echo mailbox, spinning or (`interrupts`) waiting for the
+/// doorbell between requests.
+fn echo(device: &Device, path: &str, interrupts: bool) -> i32 {
+    if interrupts && device.vectors() == 0 {
+        fail(2, &format!("{path}: --interrupts=1 needs an ivshmem-doorbell device"));
+    }
     let mailbox = Mailbox::format(device.region()).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
-    match mailbox.serve() {
+    let result = if interrupts { mailbox.serve_with(&mut DeviceWake(device)) } else { mailbox.serve() };
+    match result {
         Ok(served) => {
-            println!("echo: served {served} requests");
+            println!("echo: served {served} requests{}", if interrupts { " (interrupts)" } else { "" });
             0
         }
         Err(e) => fail(1, &format!("echo: {e}")),
     }
+}
+
+/// Plays ping-pong with `peer` (see shm_layout::pingpong): rings and data both ways.
+fn pingpong(device: &Device, path: &str, peer: u16, rounds: u64, side: u64) -> i32 {
+    if device.vectors() == 0 {
+        fail(2, &format!("{path}: pingpong needs an ivshmem-doorbell device"));
+    }
+    let start = Instant::now();
+    let side = usize::try_from(side).unwrap_or(usize::MAX);
+    match pingpong::play(device.region(), side, peer, rounds, &mut DeviceWake(device), || start.elapsed()) {
+        Ok(()) => {
+            let elapsed = start.elapsed();
+            println!(
+                "pingpong: {rounds} rounds with peer {peer} as side {side}, data and rings both ways, {elapsed:.1?}"
+            );
+            0
+        }
+        Err(e) => fail(1, &format!("pingpong: {e}")),
+    }
+}
+
+/// The doorbell's MSI-X masking, through the guest's own rings: a ring is
+/// delivered; while vector 0 is masked (in the MSI-X table, BAR1, written
+/// through sysfs as root may) rings are held as its pending bit and no
+/// interrupt arrives; unmasking delivers them.
+fn check_doorbell(device: &Device, path: &str, slot: u64) -> i32 {
+    const PBA: usize = 2048;
+    const CONTROL: usize = 12;
+    let id = device.iv_position() as u16;
+    let resource = format!("/sys/bus/pci/devices/0000:00:{slot:02x}.0/resource1");
+    let file = OpenOptions::new().read(true).write(true).open(&resource);
+    let file = file.unwrap_or_else(|e| fail(2, &format!("{resource}: {e}")));
+    // SAFETY: a fresh shared mapping of the MSI-X BAR (one page), unmapped at exit.
+    let msix = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if msix == libc::MAP_FAILED {
+        fail(2, &format!("{resource}: mmap: {}", io::Error::last_os_error()));
+    }
+    let register = |offset: usize| msix.cast::<u8>().wrapping_add(offset).cast::<u32>();
+    // SAFETY: the offsets are 4-aligned and within the mapped page; MMIO is read volatile.
+    let read = |offset: usize| unsafe { register(offset).read_volatile() };
+    // SAFETY: as for `read`.
+    let write = |offset: usize, value: u32| unsafe { register(offset).write_volatile(value) };
+    let ring = |times: u32| (0..times).try_for_each(|_| device.ring(id, 0));
+    let check = |what: &str, ok: bool| {
+        if !ok {
+            fail(1, &format!("check-doorbell: {path}: {what}"));
+        }
+    };
+
+    check("a ring on vector 0 was not delivered", ring(1).is_ok() && device.wait(1, 5000).ok() == Some(1));
+    write(CONTROL, read(CONTROL) | 1);
+    check("rings failed", ring(3).is_ok());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while read(PBA) & 1 == 0 && Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
+    check("the masked vector's pending bit was not set", read(PBA) & 1 == 1);
+    check("an interrupt came while the vector was masked", device.wait(1, 200).ok() == Some(0));
+    write(CONTROL, read(CONTROL) & !1);
+    check("unmasking did not deliver the pending rings", device.wait(1, 5000).ok() == Some(1));
+    check("the pending bit stayed set after delivery", read(PBA) & 1 == 0);
+    println!(
+        "check-doorbell: peer {id}: a ring is delivered; masked, 3 rings set the pending bit and no interrupt; \
+         unmasked, they are delivered: OK"
+    );
+    0
 }
 
 /// The driver's interface beyond the mapping: bad `mmap()` requests fail
@@ -296,7 +392,9 @@ fn check_api(device: &Device, path: &str) -> i32 {
         d.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("kvmshm"))).count()
     });
     if claimed != 2 * devices {
-        eprintln!("kvmshm-demo: /proc/iomem shows {claimed} regions claimed by kvmshm for {devices} devices, not 2 each");
+        eprintln!(
+            "kvmshm-demo: /proc/iomem shows {claimed} regions claimed by kvmshm for {devices} devices, not 2 each"
+        );
         failures += 1;
     }
     println!(
