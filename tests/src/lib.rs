@@ -211,6 +211,11 @@ impl Running {
         );
     }
 
+    /// What it wrote to standard error so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
     /// Whether it still runs; fails the test once the deadline has passed.
     pub fn is_running(&mut self) -> bool {
         let running = self.child().try_wait().expect("wait for the child").is_none();
@@ -366,5 +371,47 @@ pub fn kvmshm_beside_vm(vm: Running, args: &[&str]) -> (Running, VmResult) {
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An ivshmem server (`kvmshm server`) with a fresh 1 MiB file, for
+/// doorbell tests: its socket and file are in `scratch`.
+pub struct IvshmemServer {
+    pub process: Running,
+    pub socket: PathBuf,
+    pub shm: PathBuf,
+}
+
+impl IvshmemServer {
+    pub fn start(scratch: &Scratch, vectors: u32) -> Self {
+        let (socket, shm) = (scratch.path("ivshmem.sock"), scratch.path("ivshmem.shm"));
+        let mut cmd = Command::new(host_binary("kvmshm"));
+        cmd.arg("server").arg("--socket").arg(&socket).arg("--shm").arg(&shm);
+        cmd.args(["--size", "1M", "--vectors", &vectors.to_string()]).env("RUST_LOG", "info");
+        let process = Running::spawn(cmd).expect("start kvmshm server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "the ivshmem server did not listen at {}", socket.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { process, socket, shm }
+    }
+
+    /// The `--shm` option of a VMM that joins this server.
+    pub fn shm_option(&self) -> String {
+        format!("server={}", self.socket.display())
+    }
+
+    /// Waits until the server's log has said `line` `times` times.
+    pub fn await_log(&self, line: &str, times: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.process.log().matches(line).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not log {line:?} {times} times:\n{}",
+                self.process.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

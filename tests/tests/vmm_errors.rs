@@ -128,5 +128,8 @@ fn the_host_tool_reports_a_file_that_shrinks_under_it() {
     let out = tool.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains(&format!("{}: the file shrank to 0 bytes while this process used it", file.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}: the file shrank to 0 bytes while this process used it", file.display())),
+        "{err}"
+    );
 }
