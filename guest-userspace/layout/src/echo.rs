@@ -31,7 +31,8 @@
 //! spinning: it announces its doorbell id (ivshmem's IVPosition) in the
 //! mailbox, and the other side rings its vector 0 after each store it waits
 //! for. A server that waits for interrupts wakes at least every
-//! [`IDLE_WAKE`] to beat its heartbeat; a side that polls rings nobody.
+//! [`IDLE_WAKE`] to beat its heartbeat (so a client may wait two of them to
+//! find it); a side that polls rings nobody.
 
 use core::fmt;
 use core::hint::spin_loop;
@@ -63,7 +64,9 @@ pub(crate) const KIND_DATA: u32 = 1;
 pub(crate) const KIND_STOP: u32 = 2;
 
 /// The longest a server waiting for interrupts sleeps between heartbeats.
-pub const IDLE_WAKE: core::time::Duration = core::time::Duration::from_millis(100);
+/// Each wake costs a system call, which is slow where guest kernel code is
+/// emulated: once a second keeps an idle server cheap.
+pub const IDLE_WAKE: core::time::Duration = core::time::Duration::from_secs(1);
 /// The vector each side is rung on.
 pub const VECTOR: u16 = 0;
 

@@ -61,7 +61,8 @@ fn data(side: usize, round: u64) -> [u8; DATA_LEN] {
 
 /// Plays `rounds` rounds as `side` (0 leads, 1 follows) against `peer`,
 /// waiting and ringing with `wake`. `clock` gives the time elapsed since
-/// some fixed point (the guest and the host measure time differently).
+/// some fixed point (the guest and the host measure time differently). The
+/// lead hands each round trip (from its ring to the answer) to `round_trip`.
 pub fn play(
     region: Region<'_>,
     side: usize,
@@ -69,6 +70,7 @@ pub fn play(
     rounds: u64,
     wake: &mut impl Wake,
     clock: impl Fn() -> Duration,
+    round_trip: &mut impl FnMut(Duration),
 ) -> Result<(), PingPongError> {
     if region.size() < DATA + 2 * 0x80 || side > 1 {
         return Err(PingPongError::TooSmall);
@@ -77,13 +79,18 @@ pub fn play(
     // The lead opens each round and waits for the answer to the previous
     // one (and, at the end, to the last); the follower answers each round.
     let awaited = |round: u64| if side == 0 { round - 1 } else { round };
+    let mut rang = clock();
     for round in 1..=rounds + (side == 0) as u64 {
         let done = awaited(round);
         await_round(region, other, done, wake, &clock)?;
+        if side == 0 && done > 0 {
+            round_trip(clock() - rang);
+        }
         if round <= rounds {
             region.write(DATA + 0x80 * side, &data(side, round));
             // Release: the other side that acquires the round sees the data.
             region.u64(ROUND + 0x40 * side).store(round, Release);
+            rang = clock();
             wake.ring(peer);
         }
     }
@@ -130,11 +137,13 @@ mod tests {
         // SAFETY: the vector lives until the end of the test; only Region accesses it.
         let region = unsafe { Region::new(memory.as_mut_ptr().cast(), 0x2000) }.unwrap();
         let start = Instant::now();
+        let mut trips = 0;
         std::thread::scope(|s| {
-            let follower = s.spawn(|| play(region, 1, 0, 500, &mut Polling, || start.elapsed()));
-            assert_eq!(play(region, 0, 1, 500, &mut Polling, || start.elapsed()), Ok(()));
+            let follower = s.spawn(|| play(region, 1, 0, 500, &mut Polling, || start.elapsed(), &mut |_| {}));
+            assert_eq!(play(region, 0, 1, 500, &mut Polling, || start.elapsed(), &mut |_| trips += 1), Ok(()));
             assert_eq!(follower.join().unwrap(), Ok(()));
         });
+        assert_eq!(trips, 500, "the lead timed every round");
     }
 
     #[test]
@@ -146,6 +155,7 @@ mod tests {
         region.write(DATA + 0x80, &[7; DATA_LEN]);
         region.u64(ROUND + 0x40).store(1, Release);
         let start = Instant::now();
-        assert_eq!(play(region, 0, 1, 1, &mut Polling, || start.elapsed()), Err(PingPongError::BadData { round: 1 }));
+        let result = play(region, 0, 1, 1, &mut Polling, || start.elapsed(), &mut |_| {});
+        assert_eq!(result, Err(PingPongError::BadData { round: 1 }));
     }
 }

@@ -264,14 +264,33 @@ fn echo(device: &Device, path: &str, interrupts: bool) -> i32 {
         fail(2, &format!("{path}: --interrupts=1 needs an ivshmem-doorbell device"));
     }
     let mailbox = Mailbox::format(device.region()).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
+    let (start, cpu) = (Instant::now(), cpu_time());
     let result = if interrupts { mailbox.serve_with(&mut DeviceWake(device)) } else { mailbox.serve() };
     match result {
         Ok(served) => {
-            println!("echo: served {served} requests{}", if interrupts { " (interrupts)" } else { "" });
+            let (elapsed, cpu) = (start.elapsed(), cpu_time() - cpu);
+            let how = if interrupts { " (interrupts)" } else { "" };
+            println!(
+                "echo: served {served} requests{how}; {} ms of CPU in {} ms",
+                cpu.as_millis(),
+                elapsed.as_millis()
+            );
             0
         }
         Err(e) => fail(1, &format!("echo: {e}")),
     }
+}
+
+/// The CPU time this process has used, user and system.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes one struct rusage into the zeroed buffer.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// Plays ping-pong with `peer` (see shm_layout::pingpong): rings and data both ways.
@@ -281,12 +300,19 @@ fn pingpong(device: &Device, path: &str, peer: u16, rounds: u64, side: u64) -> i
     }
     let start = Instant::now();
     let side = usize::try_from(side).unwrap_or(usize::MAX);
-    match pingpong::play(device.region(), side, peer, rounds, &mut DeviceWake(device), || start.elapsed()) {
+    let mut trips = Vec::new();
+    let clock = || start.elapsed();
+    match pingpong::play(device.region(), side, peer, rounds, &mut DeviceWake(device), clock, &mut |t| trips.push(t)) {
         Ok(()) => {
             let elapsed = start.elapsed();
             println!(
                 "pingpong: {rounds} rounds with peer {peer} as side {side}, data and rings both ways, {elapsed:.1?}"
             );
+            if !trips.is_empty() {
+                trips.sort_unstable();
+                let at = |q: f64| trips[((trips.len() - 1) as f64 * q).round() as usize].as_micros();
+                println!("pingpong: round trip median {} us, p99 {} us", at(0.5), at(0.99));
+            }
             0
         }
         Err(e) => fail(1, &format!("pingpong: {e}")),

@@ -8,6 +8,7 @@
 //!
 //! usage: bench [--out DIR] [--total-mib N] [--round-trips N] [--no-qemu]
 
+mod doorbell;
 mod report;
 
 use std::os::unix::process::CommandExt;
@@ -33,7 +34,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn new(mut ns: Vec<u64>) -> Self {
+    pub fn new(mut ns: Vec<u64>) -> Self {
         ns.sort_unstable();
         Self { sorted_ns: ns }
     }
@@ -153,6 +154,18 @@ fn consume(stream: &Stream, what: &str) -> anyhow::Result<f64> {
 
 /// Keeps the calling thread on one CPU, so that the two sides of every
 /// measurement run on different cores, the same ones each time.
+/// `cmd`, to run on `cpu` (the VMs run on CPU 0, this process on CPU 1).
+pub fn on_cpu(mut cmd: Command, cpu: usize) -> Command {
+    // SAFETY: the hook only calls sched_setaffinity, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            pin_to_cpu(cpu);
+            Ok(())
+        })
+    };
+    cmd
+}
+
 fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
     // sched_setaffinity only read and write that set.
@@ -231,14 +244,7 @@ fn run_vm(scratch: &Scratch, total_mib: u64, round_trips: u64) -> anyhow::Result
     cmd.arg("--shm").arg(format!("path={},size={ring_size}", ring.display()));
     cmd.arg("--shm").arg(format!("path={},size=64M,id=1", speed.display()));
     cmd.arg("--cmdline").arg(&run).env("RUST_LOG", "info");
-    // SAFETY: the hook only calls sched_setaffinity, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            pin_to_cpu(0);
-            Ok(())
-        })
-    };
-    let mut vm = Running::spawn(cmd).context("the VMM")?;
+    let mut vm = Running::spawn(on_cpu(cmd, 0)).context("the VMM")?;
     let boot = vm.wait_for(START_MARKER, Duration::from_secs(600)).map_err(anyhow::Error::msg)?;
 
     let file = await_vm(&mut vm, "the ring file", || MappedFile::open(&ring).ok())?;
@@ -374,6 +380,8 @@ fn main() -> anyhow::Result<()> {
             Err(e) => (None, format!("QEMU did not boot: {e:#}")),
         }
     };
+    eprintln!("bench: doorbells: a guest and host peers on an ivshmem server, then two guests...");
+    let doorbell = doorbell::run(&scratch)?;
     let results = Results {
         machine: machine(),
         total_bytes: total,
@@ -391,8 +399,8 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("results.json"), report::json(&results))?;
     std::fs::write(args.out.join("chart.svg"), report::svg(&results))?;
-    std::fs::write(args.out.join("REPORT.md"), report::markdown(&results))?;
-    print!("{}", report::summary(&results));
+    std::fs::write(args.out.join("REPORT.md"), report::markdown(&results) + &doorbell::markdown(&doorbell))?;
+    print!("{}{}", report::summary(&results), doorbell::markdown(&doorbell));
     eprintln!("bench: wrote {}", args.out.join("REPORT.md").display());
     Ok(())
 }
