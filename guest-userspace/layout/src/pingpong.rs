@@ -26,8 +26,10 @@ use crate::prng::SplitMix64;
 const ROUND: usize = 0x1000;
 const DATA: usize = 0x1100;
 const DATA_LEN: usize = 64;
-/// How long a side waits for the other in one round.
+/// How long a side waits for the other in one round; in the first, for as
+/// long as a VM may take to boot (the other side may start later).
 pub const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
+pub const FIRST_ROUND_TIMEOUT: Duration = Duration::from_secs(600);
 const WAKE_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,8 +112,9 @@ fn await_round(
         return Ok(());
     }
     let start = clock();
+    let timeout = if round == 1 { FIRST_ROUND_TIMEOUT } else { ROUND_TIMEOUT };
     while region.u64(ROUND + 0x40 * side).load(Acquire) < round {
-        if clock() - start > ROUND_TIMEOUT {
+        if clock() - start > timeout {
             return Err(PingPongError::Timeout { round });
         }
         wake.wait(WAKE_EVERY);
