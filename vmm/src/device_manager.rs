@@ -28,7 +28,7 @@ use crate::backing::BackingFile;
 use crate::bus::{self, Action, Bus, SharedBusDevice};
 use shm_layout::host::ivshmem::Peer;
 
-use crate::devices::doorbell::{self, DoorbellThread};
+use crate::devices::doorbell::{self, DoorbellThread, HasDoorbell};
 use crate::devices::{IvshmemDevice, ResetPort, legacy};
 use crate::hypervisor::{self, Hypervisor};
 use crate::pci::{self, BarRange, HostMemory, PciBus, PciDevice, SharedPciDevice};
@@ -176,15 +176,40 @@ impl DeviceManager {
     }
 
     /// Plugs an ivshmem-doorbell device whose memory and vectors come from
-    /// the server that `peer` joined, and starts its thread.
+    /// the server that `peer` joined. Its server messages and held vectors
+    /// are taken by [`DeviceManager::start_doorbell_threads`] (in a VM) or
+    /// [`DeviceManager::service_doorbells`] (in the fuzzer).
     pub fn add_ivshmem_doorbell(&mut self, memory: Arc<BackingFile>, peer: Peer) -> Result<u8, Error> {
-        let path = memory.path().to_path_buf();
         let hypervisor = self.hypervisor.clone();
-        let slot = self.add(memory, |memory, addrs| IvshmemDevice::with_doorbell(memory, peer, hypervisor, addrs))?;
-        let device = self.ivshmem.last().expect("just added").device.clone();
-        let thread = doorbell::serve(device).map_err(|source| Error::Thread { path, source })?;
-        self.doorbell_threads.push(thread);
-        Ok(slot)
+        self.add(memory, |memory, addrs| IvshmemDevice::with_doorbell(memory, peer, hypervisor, addrs))
+    }
+
+    /// Starts a thread for each ivshmem-doorbell device.
+    pub fn start_doorbell_threads(&mut self) -> Result<(), Error> {
+        for d in &self.ivshmem {
+            if lock(&d.device).doorbell_mut().is_some() {
+                let path = lock(&d.device).memory().path().to_path_buf();
+                let thread = doorbell::serve(d.device.clone()).map_err(|source| Error::Thread { path, source })?;
+                self.doorbell_threads.push(thread);
+            }
+        }
+        Ok(())
+    }
+
+    /// Each vector of the doorbell device in `slot`: its GSI, how the MSI-X
+    /// state says it is delivered, and its pending bit.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn doorbell_view(&self, slot: u8) -> Option<Vec<(u32, crate::pci::msix::Delivery, bool)>> {
+        let d = self.ivshmem.iter().find(|d| d.slot == slot)?;
+        lock(&d.device).doorbell_view()
+    }
+
+    /// What the doorbell threads do, once, without waiting.
+    pub fn service_doorbells(&self) -> std::io::Result<()> {
+        for d in &self.ivshmem {
+            doorbell::service(&d.device, 0)?;
+        }
+        Ok(())
     }
 
     fn add(

@@ -16,17 +16,26 @@
 //!   is left unmapped without a reason);
 //! - the memory slots of the model are exactly the mapped memory BARs, each
 //!   with its device's memory, and the MMIO bus holds exactly the mapped
-//!   register BARs, each answering with its device's IVPosition.
+//!   register BARs, each answering with its device's IVPosition;
+//! - for the ivshmem-doorbell device (its peers joining and leaving, its
+//!   vectors rung, its MSI-X table and control written): an ioeventfd for
+//!   every vector of every peer (itself included) at BAR0's Doorbell
+//!   register while BAR0 is mapped, and none otherwise; an irqfd routed to
+//!   the table's message for exactly the vectors MSI-X sends, none pending;
+//!   a ring on a held vector sets its pending bit.
 //!
 //! `vmm/fuzz` runs [`run`] under libFuzzer (cargo-fuzz); the unit tests run
 //! it on the committed corpus and on a bounded number of random inputs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arbitrary::{Arbitrary, Unstructured};
+use shm_layout::host::ivshmem::{Peer, send_message};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::backing::BackingFile;
@@ -34,7 +43,7 @@ use crate::device_manager::{BarId, BarState, DeviceManager, GuestSpace};
 use crate::devices::{SerialPort, legacy};
 use crate::hypervisor::{self, Hypervisor};
 use crate::pci::HostMemory;
-use crate::pci::msix::MsiMessage;
+use crate::pci::msix::{Delivery, MsiMessage};
 use crate::{layout, lock};
 
 const RAM: u64 = 64 << 20;
@@ -99,6 +108,8 @@ pub enum Addr {
     Bar0(u8, u16),
     /// Offset in a device's BAR2 (which an MMIO exit reaches only while unmapped).
     Bar2(u8, u32),
+    /// Offset in a device's BAR1 (the doorbell device's MSI-X table and PBA).
+    Bar1(u8, u16),
     Any(u64),
 }
 
@@ -152,6 +163,24 @@ pub enum Action {
         len: u8,
         value: u64,
     },
+    /// The doorbell device's MSI-X message control (enable, function mask).
+    MsixControl {
+        value: u16,
+    },
+    /// Writes an MSI-X table entry's field of the doorbell device.
+    MsixEntry {
+        vector: u8,
+        field: u8,
+        value: u32,
+    },
+    /// Another peer joins the server (if it is not there) or leaves (if it is).
+    JoinOrLeave {
+        peer: u8,
+    },
+    /// A peer rings one of the doorbell device's vectors.
+    Ring {
+        vector: u8,
+    },
 }
 
 /// KVM as a model: its memory slots as a map. A call that KVM would not
@@ -159,11 +188,10 @@ pub enum Action {
 #[derive(Default)]
 struct Model {
     slots: HashMap<BarId, (u64, HostMemory)>,
+    ioevents: BTreeSet<(u64, u32)>,
+    irqfds: BTreeMap<u32, MsiMessage>,
+    next_gsi: u32,
     violation: Option<String>,
-}
-
-fn no_doorbells() -> ! {
-    unreachable!("the harness has no ivshmem-doorbell device")
 }
 
 #[derive(Default)]
@@ -186,24 +214,39 @@ impl Hypervisor for ModelHypervisor {
         Ok(())
     }
 
-    fn add_ioevent(&self, _: &EventFd, _: u64, _: u32) -> Result<(), hypervisor::Error> {
-        no_doorbells()
+    fn add_ioevent(&self, _: &EventFd, addr: u64, value: u32) -> Result<(), hypervisor::Error> {
+        let mut m = lock(&self.0);
+        if !m.ioevents.insert((addr, value)) {
+            m.violation.get_or_insert(format!("ioeventfd {addr:#x}={value:#x} added twice (KVM: EEXIST)"));
+        }
+        Ok(())
     }
 
-    fn remove_ioevent(&self, _: &EventFd, _: u64, _: u32) -> Result<(), hypervisor::Error> {
-        no_doorbells()
+    fn remove_ioevent(&self, _: &EventFd, addr: u64, value: u32) -> Result<(), hypervisor::Error> {
+        let mut m = lock(&self.0);
+        if !m.ioevents.remove(&(addr, value)) {
+            m.violation.get_or_insert(format!("ioeventfd {addr:#x}={value:#x} removed but not there"));
+        }
+        Ok(())
     }
 
     fn allocate_gsi(&self) -> u32 {
-        no_doorbells()
+        let mut m = lock(&self.0);
+        m.next_gsi += 1;
+        1000 + m.next_gsi
     }
 
-    fn attach_irqfd(&self, _: &EventFd, _: u32, _: MsiMessage) -> Result<(), hypervisor::Error> {
-        no_doorbells()
+    fn attach_irqfd(&self, _: &EventFd, gsi: u32, msi: MsiMessage) -> Result<(), hypervisor::Error> {
+        lock(&self.0).irqfds.insert(gsi, msi);
+        Ok(())
     }
 
-    fn detach_irqfd(&self, _: &EventFd, _: u32) -> Result<(), hypervisor::Error> {
-        no_doorbells()
+    fn detach_irqfd(&self, _: &EventFd, gsi: u32) -> Result<(), hypervisor::Error> {
+        let mut m = lock(&self.0);
+        if m.irqfds.remove(&gsi).is_none() {
+            m.violation.get_or_insert(format!("irqfd on GSI {gsi} detached but not attached"));
+        }
+        Ok(())
     }
 }
 
@@ -211,6 +254,39 @@ impl Hypervisor for ModelHypervisor {
 pub struct Harness {
     devices: DeviceManager,
     kvm: Arc<ModelHypervisor>,
+    server: ServerEnd,
+}
+
+/// The doorbell device: its server id, vectors and slot.
+const DOORBELL_ID: u16 = 5;
+const DOORBELL_VECTORS: usize = 2;
+const DOORBELL_SLOT: u8 = DEVICES.len() as u8 + 1;
+/// Where its MSI-X capability is (the first capability).
+const MSIX_CAPABILITY: u8 = 0x40;
+/// The other peers that come and go.
+const PEERS: [u16; 3] = [3, 7, 9];
+
+/// The harness's side of the doorbell device's server connection: it plays
+/// the ivshmem server.
+struct ServerEnd {
+    socket: UnixStream,
+    /// Handles on the device's own eventfds, to ring it as a peer would.
+    own: Vec<EventFd>,
+    /// The peers the device was told of, with their eventfds.
+    peers: BTreeMap<u16, Vec<EventFd>>,
+}
+
+impl ServerEnd {
+    fn send(&self, value: i64, fd: Option<&impl AsRawFd>) {
+        send_message(&self.socket, value, fd.map(AsRawFd::as_raw_fd)).expect("the device's end is open");
+    }
+
+    fn join(&mut self, peer: u16) {
+        let fds: Vec<EventFd> =
+            (0..DOORBELL_VECTORS).map(|_| EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")).collect();
+        fds.iter().for_each(|fd| self.send(peer.into(), Some(fd)));
+        self.peers.insert(peer, fds);
+    }
 }
 
 impl Default for Harness {
@@ -234,7 +310,23 @@ impl Harness {
         for (i, size) in DEVICES.into_iter().enumerate() {
             devices.add_ivshmem(Arc::new(BackingFile::memfd(size)), 100 + i as u32).expect("device");
         }
-        Self { devices, kvm }
+        let (socket, device_end) = UnixStream::pair().expect("socketpair");
+        let own: Vec<EventFd> =
+            (0..DOORBELL_VECTORS).map(|_| EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")).collect();
+        let mut server = ServerEnd { socket, own, peers: BTreeMap::new() };
+        let memory = Arc::new(BackingFile::memfd(1 << 16));
+        server.send(0, None::<&EventFd>);
+        server.send(DOORBELL_ID.into(), None::<&EventFd>);
+        server.send(-1, Some(memory.file()));
+        server.join(PEERS[0]);
+        server.own.iter().for_each(|fd| server.send(DOORBELL_ID.into(), Some(fd)));
+        let peer = Peer::handshake(device_end, Some(DOORBELL_VECTORS)).expect("set-up messages");
+        devices.add_ivshmem_doorbell(memory, peer).expect("doorbell device");
+        Self { devices, kvm, server }
+    }
+
+    fn gsi_and_delivery(&self, vector: usize) -> Option<(u32, Delivery, bool)> {
+        self.devices.doorbell_view(DOORBELL_SLOT)?.get(vector).copied()
     }
 
     fn bar(&self, slot: u8, bar: u8) -> Option<BarState> {
@@ -276,12 +368,19 @@ impl Harness {
         match addr {
             Addr::Bar0(slot, offset) => base(slot, 0) + u64::from(offset % 0x1000),
             Addr::Bar2(slot, offset) => base(slot, 2) + u64::from(offset),
+            Addr::Bar1(slot, offset) => base(slot, 1) + u64::from(offset % 0x1000),
             Addr::Any(a) => a,
         }
     }
 
-    /// Carries out one action as the vCPU loop would.
+    /// Carries out one action as the vCPU loop would, then what the
+    /// doorbell device's thread would do.
     pub fn step(&mut self, action: Action) -> Result<(), String> {
+        self.act(action)?;
+        self.devices.service_doorbells().map_err(|e| format!("service: {e}"))
+    }
+
+    fn act(&mut self, action: Action) -> Result<(), String> {
         match action {
             Action::ConfigRead { slot, reg, size } => {
                 self.pio_write(0xcf8, 4, &Self::config_address(slot, reg).to_le_bytes())?;
@@ -326,6 +425,35 @@ impl Harness {
             Action::MmioRead { addr, len } => {
                 let mut data = [0u8; 8];
                 self.devices.mmio_read(self.mmio_address(addr), &mut data[..usize::from(len % 8 + 1)]);
+            }
+            Action::MsixControl { value } => {
+                self.config_write(DOORBELL_SLOT, MSIX_CAPABILITY + 2, &value.to_le_bytes())?
+            }
+            Action::MsixEntry { vector, field, value } => {
+                let offset = u64::from(vector % 3) * 16 + u64::from(field % 4) * 4;
+                let addr = self.mmio_address(Addr::Bar1(DOORBELL_SLOT, offset as u16));
+                self.devices.mmio_write(addr, &value.to_le_bytes()).map_err(|e| format!("mmio write: {e}"))?;
+            }
+            Action::JoinOrLeave { peer } => {
+                let peer = PEERS[usize::from(peer) % PEERS.len()];
+                if self.server.peers.remove(&peer).is_some() {
+                    self.server.send(peer.into(), None::<&EventFd>);
+                } else {
+                    self.server.join(peer);
+                }
+            }
+            Action::Ring { vector } => {
+                let v = usize::from(vector) % DOORBELL_VECTORS;
+                let (gsi, _, _) = self.gsi_and_delivery(v).ok_or("no doorbell device")?;
+                // With an irqfd attached, KVM takes the ring; else the device does.
+                if !lock(&self.kvm.0).irqfds.contains_key(&gsi) {
+                    self.server.own[v].write(1).map_err(|e| format!("ring: {e}"))?;
+                    self.devices.service_doorbells().map_err(|e| format!("service: {e}"))?;
+                    let (_, delivery, pending) = self.gsi_and_delivery(v).ok_or("no doorbell device")?;
+                    if delivery == Delivery::Held && !pending {
+                        return Err(format!("vector {v} is held, rung, and not pending"));
+                    }
+                }
             }
             Action::MmioWrite { addr, len, value } => {
                 let addr = self.mmio_address(addr);
@@ -382,16 +510,43 @@ impl Harness {
         if self.devices.mmio_ranges() != registers {
             return Err(format!("MMIO bus {:x?}, mapped register BARs {registers:x?}", self.devices.mmio_ranges()));
         }
-        for &(start, _, b) in mapped.iter().filter(|(.., b)| b.memory.is_none()) {
+        for &(start, _, b) in mapped.iter().filter(|(.., b)| b.id.bar == 0) {
             let mut id = [0u8; 4];
             self.devices.mmio_read(start + 8, &mut id);
-            let expected = 100 + u32::from(b.id.slot) - 1;
+            let expected = if b.id.slot == DOORBELL_SLOT { DOORBELL_ID.into() } else { 100 + u32::from(b.id.slot) - 1 };
             if u32::from_le_bytes(id) != expected {
                 return Err(format!(
                     "{} at {start:#x}: IVPosition {:#x}, not {expected:#x}",
                     b.id,
                     u32::from_le_bytes(id)
                 ));
+            }
+        }
+        self.check_doorbell(&bars, &model)
+    }
+
+    fn check_doorbell(&self, bars: &[BarState], model: &Model) -> Result<(), String> {
+        let bar0 = bars.iter().find(|b| b.id == BarId { slot: DOORBELL_SLOT, bar: 0 }).and_then(|b| b.mapped);
+        let mut expected = BTreeSet::new();
+        if let Some(bar0) = bar0 {
+            for peer in self.server.peers.keys().copied().chain([DOORBELL_ID]) {
+                for v in 0..DOORBELL_VECTORS as u32 {
+                    expected.insert((bar0 + 12, u32::from(peer) << 16 | v));
+                }
+            }
+        }
+        if model.ioevents != expected {
+            return Err(format!("ioeventfds {:x?}, expected {expected:x?}", model.ioevents));
+        }
+        let view = self.devices.doorbell_view(DOORBELL_SLOT).ok_or("no doorbell device")?;
+        for (v, &(gsi, delivery, pending)) in view.iter().enumerate() {
+            match (delivery, model.irqfds.get(&gsi)) {
+                (Delivery::Send(msi), Some(have)) if *have == msi && !pending => {}
+                (Delivery::Send(msi), have) => {
+                    return Err(format!("vector {v} sends {msi:x?}: irqfd {have:x?}, pending {pending}"));
+                }
+                (_, Some(have)) => return Err(format!("vector {v} is {delivery:?} but has an irqfd to {have:x?}")),
+                (_, None) => {}
             }
         }
         Ok(())

@@ -171,6 +171,7 @@ impl Vm {
             let memory = files.last().expect("just pushed");
             info!("{what}: {} ({} bytes) at 00:{slot:02x}.0", memory.path().display(), memory.size());
         }
+        devices.start_doorbell_threads()?;
         let watch = ShrinkWatch::start(files, vcpu.kicker()).map_err(Error::Threads)?;
 
         Ok(Self { vcpu, devices, mem, watch, report, serial })

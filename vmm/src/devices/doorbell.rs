@@ -111,6 +111,13 @@ impl Doorbell {
         &mut self.msix
     }
 
+    /// Each vector's GSI, the delivery the MSI-X state in `config` asks for,
+    /// and its pending bit: for the fuzzer's invariants.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn view(&self, config: &PciConfig) -> Vec<(u32, Delivery, bool)> {
+        (0..self.delivery.len()).map(|v| (self.gsis[v], self.msix.delivery(config, v), self.msix.pending(v))).collect()
+    }
+
     /// A write to the Doorbell register that KVM did not take itself.
     pub fn ring(&self, value: u32) {
         let (peer, vector) = ((value >> 16) as u16, (value & 0xffff) as usize);
@@ -270,6 +277,40 @@ pub struct DoorbellThread {
     thread: Option<JoinHandle<()>>,
 }
 
+/// One round of the device's thread: waits up to `timeout_ms` (-1: without
+/// limit, 0: not at all) for the server's messages and for rings on the
+/// vectors KVM does not take, and takes them. `Ok(false)` if the device
+/// has no doorbell.
+pub fn service<D: HasDoorbell>(device: &Mutex<D>, timeout_ms: i32) -> std::io::Result<bool> {
+    let (fds, vectors) = match crate::lock(device).doorbell_mut() {
+        Some(d) => d.watched(),
+        None => return Ok(false),
+    };
+    let ready = match shm_layout::host::ivshmem::poll_readable(&fds, timeout_ms) {
+        Ok(ready) => ready,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    let mut d = crate::lock(device);
+    let Some(doorbell) = d.doorbell_mut() else { return Ok(false) };
+    let result = (|| {
+        if ready[0] {
+            doorbell.update_peers()?;
+        }
+        if ready[1] {
+            let _ = doorbell.wake.read();
+        }
+        for (&v, _) in vectors.iter().zip(&ready[2..]).filter(|(_, r)| **r) {
+            doorbell.take_rings(v)?;
+        }
+        Ok::<(), Error>(())
+    })();
+    if let Err(e) = result {
+        limited!(doorbell.log, Level::Warn, "ivshmem-doorbell peer {}: {e}", doorbell.id());
+    }
+    Ok(true)
+}
+
 /// Starts the thread for the doorbell of `device`.
 pub fn serve<D: HasDoorbell>(device: Arc<Mutex<D>>) -> std::io::Result<DoorbellThread> {
     let wake = {
@@ -281,34 +322,13 @@ pub fn serve<D: HasDoorbell>(device: Arc<Mutex<D>>) -> std::io::Result<DoorbellT
     let finished = done.clone();
     let thread = crate::spawn_started("ivshmem-doorbell", move || {
         while !finished.load(Ordering::SeqCst) {
-            let (fds, vectors) = match crate::lock(&device).doorbell_mut() {
-                Some(d) => d.watched(),
-                None => return,
-            };
-            let ready = match shm_layout::host::ivshmem::poll_readable(&fds, -1) {
-                Ok(ready) => ready,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            match service(&device, -1) {
+                Ok(true) => {}
+                Ok(false) => return,
                 Err(e) => {
                     log::error!("ivshmem-doorbell: poll: {e}; its interrupts stop");
                     return;
                 }
-            };
-            let mut d = crate::lock(&device);
-            let Some(doorbell) = d.doorbell_mut() else { return };
-            let result = (|| {
-                if ready[0] {
-                    doorbell.update_peers()?;
-                }
-                if ready[1] {
-                    let _ = doorbell.wake.read();
-                }
-                for (&v, _) in vectors.iter().zip(&ready[2..]).filter(|(_, r)| **r) {
-                    doorbell.take_rings(v)?;
-                }
-                Ok::<(), Error>(())
-            })();
-            if let Err(e) = result {
-                limited!(doorbell.log, Level::Warn, "ivshmem-doorbell peer {}: {e}", doorbell.id());
             }
         }
     })?;

@@ -108,6 +108,12 @@ impl IvshmemDevice {
         self.id
     }
 
+    /// See [`Doorbell::view`].
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn doorbell_view(&self) -> Option<Vec<(u32, crate::pci::msix::Delivery, bool)>> {
+        self.doorbell.as_ref().map(|d| d.view(&self.config))
+    }
+
     pub fn flush_log(&self) {
         self.log.flush();
     }

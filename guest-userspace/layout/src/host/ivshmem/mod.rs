@@ -26,7 +26,7 @@ mod wire;
 
 pub use peer::{Change, Peer, Ring};
 pub use server::Server;
-pub use wire::poll_readable;
+pub use wire::{poll_readable, send as send_message};
 
 use std::io;
 use std::path::PathBuf;

@@ -61,6 +61,13 @@ impl Peer {
     /// Connects to the server at `path` and takes its set-up messages.
     pub fn connect(path: &Path) -> Result<Self, Error> {
         let socket = UnixStream::connect(path).map_err(|source| Error::Connect { path: path.to_path_buf(), source })?;
+        Self::handshake(socket, None)
+    }
+
+    /// Takes the set-up messages from a server connection. With `vectors`
+    /// known (as QEMU's `vectors=` option knows it), set-up ends with that
+    /// many vectors of its own; without, once the server pauses ([`SETTLE`]).
+    pub fn handshake(socket: UnixStream, vectors: Option<usize>) -> Result<Self, Error> {
         let mut receiver = Receiver::default();
         let mut next = |timeout: Duration| -> Result<Option<(i64, Option<File>)>, Error> {
             socket.set_read_timeout(Some(timeout))?;
@@ -82,8 +89,8 @@ impl Peer {
             (value, _) => return Err(Error::Protocol { what: "no shared memory where it belongs", value }),
         };
         let (mut own, mut peers) = (Vec::new(), BTreeMap::<u16, Vec<EventFd>>::new());
-        loop {
-            let wait = if own.is_empty() { SETUP_TIMEOUT } else { SETTLE };
+        while vectors.is_none_or(|n| own.len() < n) {
+            let wait = if own.is_empty() || vectors.is_some() { SETUP_TIMEOUT } else { SETTLE };
             let Some((value, fd)) = next(wait)? else {
                 if own.is_empty() {
                     return Err(Error::Timeout(SETUP_TIMEOUT));
