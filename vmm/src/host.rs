@@ -20,6 +20,11 @@ use crate::{cpu, memory};
 /// patches boot too.
 pub const EMULATED_KERNEL_CMDLINE: &str = "noxsave clearcpuid=popcnt,cx16,smap,fsgsbase,rdrand,rdseed,rdpid,pku,ssse3,sse4_1,sse4_2,sha_ni,aes,pclmulqdq,avx,avx2,bmi1,bmi2,erms,fsrm,rep_good";
 
+/// The image's kernel switches (images/patches/) for the two instructions
+/// that Linux cannot avoid and QEMU cannot finish where guest kernel code is
+/// emulated; our VMM finishes them itself and does not need these.
+pub const QEMU_EMULATED_KERNEL_SWITCHES: &str = "no_int3_selftest no_fpu_drop_fwait";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("host probe VM")]
@@ -55,6 +60,15 @@ impl HostKvm {
     /// ordinary KVM host.
     pub fn guest_cmdline(&self) -> &'static str {
         if self.kernel_code_emulated() { EMULATED_KERNEL_CMDLINE } else { "" }
+    }
+
+    /// What the image's guest command line needs on this host under QEMU.
+    pub fn qemu_guest_cmdline(&self) -> String {
+        if self.kernel_code_emulated() {
+            format!("{EMULATED_KERNEL_CMDLINE} {QEMU_EMULATED_KERNEL_SWITCHES}")
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -103,8 +117,11 @@ mod tests {
     fn cmdline_flags_only_where_kernel_code_is_emulated() {
         let native = HostKvm { kernel_ns_per_instruction: 1.0, kernel_popcnt_fails: false };
         assert_eq!(native.guest_cmdline(), "");
+        assert_eq!(native.qemu_guest_cmdline(), "");
         let slow = HostKvm { kernel_ns_per_instruction: 900.0, kernel_popcnt_fails: false };
         assert_eq!(slow.guest_cmdline(), EMULATED_KERNEL_CMDLINE);
+        assert!(slow.qemu_guest_cmdline().starts_with(EMULATED_KERNEL_CMDLINE));
+        assert!(slow.qemu_guest_cmdline().ends_with(QEMU_EMULATED_KERNEL_SWITCHES));
         let gap = HostKvm { kernel_ns_per_instruction: 1.0, kernel_popcnt_fails: true };
         assert!(gap.kernel_code_emulated());
     }
