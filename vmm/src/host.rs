@@ -73,7 +73,8 @@ impl HostKvm {
 }
 
 const CODE: u64 = 0x1000;
-const LOOP_ITERATIONS: u32 = 20_000;
+const LOOP_ITERATIONS: u32 = 4_000;
+const PROBE_LOOPS: usize = 5;
 const POPCNT: u64 = 0x1010;
 
 pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
@@ -89,12 +90,22 @@ pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
 
     let mut vcpu = vm.create_vcpu(0)?;
     cpu::setup_long_mode(&mem, &vcpu, CODE, 0)?;
-    let start = Instant::now();
-    match vcpu.run()? {
-        VcpuExit::Hlt => {}
-        other => return Err(Error::Exit(format!("{other:?} in the timing loop"))),
+    // The emulator's speed varies with what else the host runs: the median
+    // of five short loops is steadier than one loop as long as the five.
+    let mut samples = Vec::with_capacity(PROBE_LOOPS);
+    for _ in 0..PROBE_LOOPS {
+        let mut regs = vcpu.get_regs()?;
+        regs.rip = CODE;
+        vcpu.set_regs(&regs)?;
+        let start = Instant::now();
+        match vcpu.run()? {
+            VcpuExit::Hlt => {}
+            other => return Err(Error::Exit(format!("{other:?} in the timing loop"))),
+        }
+        samples.push(start.elapsed().as_nanos() as f64 / f64::from(2 * LOOP_ITERATIONS));
     }
-    let ns = start.elapsed().as_nanos() as f64 / f64::from(2 * LOOP_ITERATIONS);
+    samples.sort_by(f64::total_cmp);
+    let ns = samples[PROBE_LOOPS / 2];
 
     let mut regs = vcpu.get_regs()?;
     regs.rip = POPCNT;
