@@ -28,6 +28,8 @@ const START_MARKER: &str = "kvmshm-init: started";
 const EXIT_MARKER: &str = "kvmshm-init: exit status ";
 /// What the boots run: the demo without a command prints its usage and ends.
 const BOOT_RUN: &str = "run=/bin/kvmshm-demo";
+/// Guest RAM for the boots, ours and QEMU's: the VMM's default.
+const BOOT_MEMORY_MIB: &str = "128";
 
 pub struct Latency {
     /// Sorted round-trip times, in nanoseconds.
@@ -371,7 +373,7 @@ fn boot(mut cmd: Command, what: &str) -> anyhow::Result<(Duration, Duration, Str
 fn boot_ours() -> anyhow::Result<Boot> {
     let mut cmd = Command::new(host_binary("vmm"));
     cmd.arg("--kernel").arg(image_file("vmlinux")).arg("--initrd").arg(image_file("initramfs.cpio"));
-    cmd.arg("--cmdline").arg(BOOT_RUN).env("RUST_LOG", "info");
+    cmd.args(["--memory", BOOT_MEMORY_MIB, "--cmdline", BOOT_RUN]).env("RUST_LOG", "info");
     let (to_init, process, log) = boot(cmd, "the VMM")?;
     let ns_per_instruction = log
         .lines()
@@ -406,7 +408,7 @@ fn qemu_setup() -> anyhow::Result<QemuSetup> {
 /// to the firmware, which starts the freed kernel again.
 fn boot_qemu(setup: &QemuSetup, ns_per_instruction: f64) -> anyhow::Result<Boot> {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-M", "microvm", "-enable-kvm", "-cpu", &setup.cpu, "-m", "128", "-smp", "1"])
+    cmd.args(["-M", "microvm", "-enable-kvm", "-cpu", &setup.cpu, "-m", BOOT_MEMORY_MIB, "-smp", "1"])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio", "-device", "i8042"])
         .arg("-kernel")
         .arg(image_file("vmlinux"))
