@@ -15,12 +15,13 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::{cpu, memory};
 
 /// The flags that keep Linux off the instructions the emulator lacks, then
-/// the image's switches that spare the boot emulated work it does not need
-/// (images/patches/0005 and 0006; other kernels ignore them).
+/// those that spare the boot emulated work it does not need: `retain_initrd`
+/// keeps the initramfs's 1 MB rather than poisoning and freeing it, and the
+/// image's switches (images/patches/0005 and 0006; other kernels ignore them).
 /// INT3 and FWAIT, which Linux cannot avoid, are finished by the VMM instead
 /// (`Vm::handle_internal_error`), so that kernels without the image's
 /// patches boot too.
-pub const EMULATED_KERNEL_CMDLINE: &str = "noxsave clearcpuid=popcnt,cx16,smap,fsgsbase,rdrand,rdseed,rdpid,pku,ssse3,sse4_1,sse4_2,sha_ni,aes,pclmulqdq,avx,avx2,bmi1,bmi2,erms,fsrm,rep_good keep_kernel_image_gaps keep_unpatched_alternatives";
+pub const EMULATED_KERNEL_CMDLINE: &str = "noxsave clearcpuid=popcnt,cx16,smap,fsgsbase,rdrand,rdseed,rdpid,pku,ssse3,sse4_1,sse4_2,sha_ni,aes,pclmulqdq,avx,avx2,bmi1,bmi2,erms,fsrm,rep_good retain_initrd keep_kernel_image_gaps keep_unpatched_alternatives";
 
 /// The image's kernel switches (images/patches/) for the two instructions
 /// that Linux cannot avoid and QEMU cannot finish where guest kernel code is
