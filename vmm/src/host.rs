@@ -17,7 +17,7 @@ use crate::{cpu, memory};
 /// The flags that keep Linux off the instructions the emulator lacks, then
 /// those that spare the boot emulated work it does not need: `retain_initrd`
 /// keeps the initramfs's 1 MB rather than poisoning and freeing it, and the
-/// image's switches (images/patches/0005 and 0006; other kernels ignore them).
+/// image's switches (images/patches/0006 and 0007; other kernels ignore them).
 /// INT3 and FWAIT, which Linux cannot avoid, are finished by the VMM instead
 /// (`Vm::handle_internal_error`), so that kernels without the image's
 /// patches boot too.
