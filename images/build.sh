@@ -10,6 +10,8 @@
 #   KVMSHM_CACHE=DIR           cache directory (default ~/.cache/kvmshm)
 #   IMAGE_SHELL=1              add busybox so that an image without run= gets
 #                              a shell on the console (costs boot time)
+#   HOST_PACKAGES="PKG..."     Debian packages to install with the toolchain's,
+#                              for what runs the image (test.sh: QEMU)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -42,6 +44,8 @@ step="toolchain: Debian packages"
 packages=(clang-$llvm lld-$llvm llvm-$llvm libclang-$llvm-dev flex bison bc make
 	libelf-dev libssl-dev cpio xz-utils musl-tools)
 [ "${IMAGE_SHELL:-0}" = 1 ] && packages+=(busybox-static)
+read -r -a host_packages <<<"${HOST_PACKAGES:-}"
+packages+=("${host_packages[@]}")
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

@@ -4,6 +4,7 @@
 //! 0x0000_0500  boot GDT                0x0000_7000  zero page (boot_params)
 //! 0x0000_8ff0  boot stack (grows down) 0x0000_9000  boot page tables (PML4, PDPT, PD)
 //! 0x0002_0000  kernel command line     0x0009_fc00  MP table (reserved in the e820 map)
+//! 0x000f_0000  PCI IRQ routing table
 //! 0x0010_0000  RAM above 1 MiB: kernel at its ELF address, initramfs at the top of RAM
 //! 0xc000_0000  32-bit PCI window: 8 KiB per ivshmem device, BAR0 (registers) then BAR1 (MSI-X)
 //! 0xfec0_0000  IOAPIC                  0xfee0_0000  local APIC
@@ -22,6 +23,7 @@ pub const CMDLINE: u64 = 0x20000;
 pub const CMDLINE_MAX: usize = 0x10000;
 pub const MPTABLE: u64 = 0x9fc00;
 pub const EBDA_END: u64 = 0xa0000;
+pub const PIRQ_TABLE: u64 = 0xf0000;
 pub const HIGH_RAM: u64 = 0x10_0000;
 
 /// RAM ends below the 32-bit PCI window.

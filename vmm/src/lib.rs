@@ -28,6 +28,7 @@ pub mod layout;
 pub mod memory;
 pub mod mptable;
 pub mod pci;
+pub mod pirq;
 pub mod profile;
 pub mod ratelimit;
 pub mod seccomp;

@@ -24,7 +24,7 @@ use crate::host::HostKvm;
 use crate::hypervisor::KvmHypervisor;
 use crate::profile::Profiler;
 use crate::vcpu::{self, Stop, Vcpu};
-use crate::{boot, cpu, host, layout, lock, memory, mptable};
+use crate::{boot, cpu, host, layout, lock, memory, mptable, pirq};
 
 /// What the guest always gets on its command line. `reboot=k` makes its
 /// power-off (a reboot, see guest-userspace's init) reach our i8042 reset port;
@@ -60,6 +60,8 @@ pub enum Error {
     Ram(#[from] memory::Error),
     #[error("writing the MP table")]
     MpTable(#[source] vm_memory::GuestMemoryError),
+    #[error("writing the PCI IRQ routing table")]
+    PirqTable(#[source] vm_memory::GuestMemoryError),
     #[error(transparent)]
     Boot(#[from] boot::Error),
     #[error(transparent)]
@@ -140,6 +142,7 @@ impl Vm {
         info!("guest command line: {}", cmdline.as_cstring().map_err(boot::Error::Cmdline)?.to_string_lossy());
         boot::write_boot_params(&mem, &cmdline, initrd.as_ref(), ram_size)?;
         mptable::write(&mem, 1).map_err(Error::MpTable)?;
+        pirq::write(&mem).map_err(Error::PirqTable)?;
 
         let vcpu_fd = vm.create_vcpu(0).map_err(kvm("create vCPU"))?;
         cpu::setup(&kvm_fd, &vcpu_fd, 0)?;

@@ -1,13 +1,15 @@
 //! kvmshm: the host's side of the shared-memory protocols, run on a VM's
-//! `--shm` backing file while the VM runs or after it stopped; and an
-//! ivshmem server and its host peers, for VMs and processes that ring each
-//! other.
+//! `--shm` backing file while the VM runs or after it stopped; an ivshmem
+//! server and its host peers, for VMs and processes that ring each other;
+//! and what QEMU needs on this host to boot the image (`qemu-cpu`,
+//! `qemu-flags`).
 //!
 //! Exit status: 0 success, 1 a check failed, 2 an error (bad file, no
 //! server, timeout...).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Command as Process, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -92,6 +94,19 @@ enum Command {
         #[command(subcommand)]
         action: PeerAction,
     },
+    /// Print the `-cpu` model QEMU can use on this host: `host`, or
+    /// `host,-arch-capabilities` where QEMU cannot set the ARCH_CAPABILITIES
+    /// MSR (QEMU 7.2 then aborts with "failed to set MSR 0x10a" before the
+    /// guest starts).
+    QemuCpu {
+        #[arg(long, default_value = "qemu-system-x86_64")]
+        qemu: PathBuf,
+    },
+    /// Print the flags the image's kernel command line needs under QEMU on
+    /// this host: none on an ordinary KVM host; where guest kernel code is
+    /// emulated, those the VMM adds itself and the image's switches for
+    /// INT3 and FWAIT, which QEMU cannot finish.
+    QemuFlags,
 }
 
 #[derive(Subcommand)]
@@ -115,6 +130,34 @@ enum PeerAction {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+}
+
+/// `-cpu` models for QEMU, the best first.
+const QEMU_CPUS: [&str; 2] = ["host", "host,-arch-capabilities"];
+
+/// The first of [`QEMU_CPUS`] with which QEMU starts. With `-S` QEMU sets
+/// the vCPU up (where the MSR fails) without running it, then quits as the
+/// monitor tells it.
+fn qemu_cpu(qemu: &Path) -> anyhow::Result<&'static str> {
+    let mut refused = String::new();
+    for cpu in QEMU_CPUS {
+        let mut child = Process::new(qemu)
+            .args(["-M", "microvm", "-accel", "kvm", "-cpu", cpu, "-m", "16", "-nodefaults", "-no-user-config"])
+            .args(["-display", "none", "-S", "-monitor", "stdio"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} (Debian package qemu-system-x86)", qemu.display()))?;
+        // QEMU may have died already: its status says so.
+        let _ = child.stdin.take().expect("piped").write_all(b"quit\n");
+        let out = child.wait_with_output().context("waiting for QEMU")?;
+        if out.status.success() {
+            return Ok(cpu);
+        }
+        refused += &format!("\n-cpu {cpu}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    bail!("QEMU starts with none of the -cpu models tried:{refused}")
 }
 
 fn open(path: &Path) -> anyhow::Result<MappedFile> {
@@ -163,6 +206,11 @@ fn run(command: Command) -> anyhow::Result<bool> {
         Command::Peer { socket, action } => {
             let peer = Peer::connect(&socket)?;
             return peer_action(peer, action);
+        }
+        Command::QemuCpu { qemu } => println!("{}", qemu_cpu(&qemu)?),
+        Command::QemuFlags => {
+            let kvm = kvm_ioctls::Kvm::new().context("opening /dev/kvm")?;
+            println!("{}", vmm::host::probe(&kvm)?.qemu_guest_cmdline());
         }
     }
     Ok(true)

@@ -1,12 +1,12 @@
 //! bench: the shared-memory path measured against this machine's limits, in
 //! one run. Boots the VMM once with the real image and measures guest→host
 //! and host→guest streaming, small-message round trips, the guest mapping's
-//! memory types and the boot time; measures host-only memcpy and host-only
-//! ping-pong in the same run for the ratios; boots QEMU microvm on the same
-//! files for the boot-time comparison. Writes results.json, chart.svg and
+//! memory types; measures host-only memcpy and host-only ping-pong in the
+//! same run for the ratios; boots the image again with our VMM and with QEMU
+//! microvm, in turn, for the boot times. Writes results.json, chart.svg and
 //! REPORT.md into the output directory.
 //!
-//! usage: bench [--out DIR] [--total-mib N] [--round-trips N] [--no-qemu]
+//! usage: bench [--out DIR] [--total-mib N] [--round-trips N] [--boots N] [--no-qemu]
 
 mod doorbell;
 mod report;
@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kvmshm_tests::{Running, Scratch, host_binary, image_file};
+use kvmshm_tests::{Running, Scratch, host_binary, image_file, kvmshm};
 use shm_layout::host::MappedFile;
 use shm_layout::stream::{Direction, Stream};
 
@@ -25,8 +25,12 @@ const CHUNK: u64 = 1 << 20;
 const SLOTS: u64 = 16;
 /// What the image's init prints first: boot time is measured to it.
 const START_MARKER: &str = "kvmshm-init: started";
-/// The image's kernel switches that QEMU needs where guest kernel code is emulated.
-const QEMU_EMULATED_FLAGS: &str = "no_int3_selftest no_fpu_drop_fwait";
+/// What the image's init prints last, before it resets the guest.
+const EXIT_MARKER: &str = "kvmshm-init: exit status ";
+/// What the boots run: the demo without a command prints its usage and ends.
+const BOOT_RUN: &str = "run=/bin/kvmshm-demo";
+/// Guest RAM for the boots, ours and QEMU's: the VMM's default.
+const BOOT_MEMORY_MIB: &str = "128";
 
 pub struct Latency {
     /// Sorted round-trip times, in nanoseconds.
@@ -65,20 +69,75 @@ pub struct Results {
     pub vm_latency: Latency,
     pub host_latency: Latency,
     pub memory: Vec<MemorySpeed>,
-    pub boot_ours_s: f64,
-    pub boot_qemu_s: Option<f64>,
-    pub qemu_note: String,
+    pub boot_ours: Boots,
+    /// QEMU's boots, or why there are none.
+    pub boot_qemu: Result<QemuBoots, String>,
+}
+
+pub struct QemuBoots {
+    /// The `-cpu` model `kvmshm qemu-cpu` found for this host.
+    pub cpu: String,
+    pub boots: Boots,
+}
+
+/// One boot of the image: to the first line of its init, and to the end of
+/// the VMM's process (the guest powers off once its program has run).
+#[derive(Clone, Copy)]
+pub struct Boot {
+    pub to_init_s: f64,
+    pub process_s: f64,
+    /// The probe's figure from our VMM's start in the same round (see
+    /// vmm/src/host.rs): boot time divided by it is the boot's cost in
+    /// emulated instructions, comparable between machines.
+    pub ns_per_instruction: f64,
+}
+
+impl Boot {
+    /// Boot time to init in millions of emulated-instruction times.
+    pub fn million_instructions(&self) -> f64 {
+        self.to_init_s / self.ns_per_instruction * 1e3
+    }
+}
+
+/// Several boots of one VMM, with their medians.
+pub struct Boots(pub Vec<Boot>);
+
+impl Boots {
+    fn median(&self, f: impl Fn(&Boot) -> f64) -> f64 {
+        let mut v: Vec<f64> = self.0.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    }
+
+    pub fn to_init_s(&self) -> f64 {
+        self.median(|b| b.to_init_s)
+    }
+
+    pub fn process_s(&self) -> f64 {
+        self.median(|b| b.process_s)
+    }
+
+    pub fn million_instructions(&self) -> f64 {
+        self.median(Boot::million_instructions)
+    }
+
+    pub fn ns_per_instruction(&self) -> f64 {
+        self.median(|b| b.ns_per_instruction)
+    }
 }
 
 struct Args {
     out: PathBuf,
     total_mib: u64,
     round_trips: u64,
+    boots: usize,
     qemu: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args { out: PathBuf::from("target/bench"), total_mib: 256, round_trips: 100_000, qemu: true };
+    let mut args =
+        Args { out: PathBuf::from("target/bench"), total_mib: 256, round_trips: 100_000, boots: 3, qemu: true };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
@@ -86,11 +145,15 @@ fn parse_args() -> anyhow::Result<Args> {
             "--out" => args.out = PathBuf::from(value()?),
             "--total-mib" => args.total_mib = value()?.parse().context("--total-mib")?,
             "--round-trips" => args.round_trips = value()?.parse().context("--round-trips")?,
+            "--boots" => args.boots = value()?.parse().context("--boots")?,
             "--no-qemu" => args.qemu = false,
             _ => bail!(
-                "unknown argument {arg:?}; usage: bench [--out DIR] [--total-mib N] [--round-trips N] [--no-qemu]"
+                "unknown argument {arg:?}; usage: bench [--out DIR] [--total-mib N] [--round-trips N] [--boots N] [--no-qemu]"
             ),
         }
+    }
+    if args.boots == 0 {
+        bail!("--boots must be at least 1");
     }
     Ok(args)
 }
@@ -224,8 +287,6 @@ struct VmRun {
     h2g_gbps: f64,
     latency: Latency,
     memory: Vec<MemorySpeed>,
-    boot_s: f64,
-    guest_cmdline: String,
 }
 
 fn run_vm(scratch: &Scratch, total_mib: u64, round_trips: u64) -> anyhow::Result<VmRun> {
@@ -245,7 +306,7 @@ fn run_vm(scratch: &Scratch, total_mib: u64, round_trips: u64) -> anyhow::Result
     cmd.arg("--shm").arg(format!("path={},size=64M,id=1", speed.display()));
     cmd.arg("--cmdline").arg(&run).env("RUST_LOG", "info");
     let mut vm = Running::spawn(on_cpu(cmd, 0)).context("the VMM")?;
-    let boot = vm.wait_for(START_MARKER, Duration::from_secs(600)).map_err(anyhow::Error::msg)?;
+    vm.wait_for(START_MARKER, Duration::from_secs(600)).map_err(anyhow::Error::msg)?;
 
     let file = await_vm(&mut vm, "the ring file", || MappedFile::open(&ring).ok())?;
     let stream = await_vm(&mut vm, "the guest to format the ring", || Stream::open(file.region()).ok())?;
@@ -275,12 +336,7 @@ fn run_vm(scratch: &Scratch, total_mib: u64, round_trips: u64) -> anyhow::Result
         .filter_map(|l| l.strip_prefix("memspeed: caching "))
         .map(parse_memspeed)
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let guest_cmdline = out
-        .log
-        .lines()
-        .find_map(|l| l.split_once("guest command line: ").map(|(_, c)| c.to_string()))
-        .context("the VMM logs the guest command line")?;
-    Ok(VmRun { g2h_gbps: g2h, h2g_gbps: h2g, latency, memory, boot_s: boot.as_secs_f64(), guest_cmdline })
+    Ok(VmRun { g2h_gbps: g2h, h2g_gbps: h2g, latency, memory })
 }
 
 /// "wb: copy in 10258 MB/s, copy out 8824 MB/s (67108864 bytes)"
@@ -298,30 +354,95 @@ fn parse_memspeed(line: &str) -> anyhow::Result<MemorySpeed> {
     })
 }
 
-/// QEMU's microvm booting the same kernel and initramfs with the same
-/// guest command line, plus the image's switches for the two instructions
-/// (INT3, FWAIT) that QEMU cannot get past where guest kernel code is
-/// emulated and that our VMM finishes itself (images/patches/).
-fn qemu_boot(guest_cmdline: &str, emulated: bool) -> anyhow::Result<f64> {
-    let base: String = guest_cmdline.split(" run=").next().unwrap_or_default().to_string();
-    let append = if emulated {
-        format!("{base} {QEMU_EMULATED_FLAGS} run=/bin/kvmshm-demo")
-    } else {
-        format!("{base} run=/bin/kvmshm-demo")
+/// Runs `cmd`, a VMM booting the image with [`BOOT_RUN`], on CPU 0 to its
+/// end; checks that the guest ended itself.
+fn boot(cmd: Command, what: &str) -> anyhow::Result<(Duration, Duration, String)> {
+    let start = Instant::now();
+    let mut vm = Running::spawn(on_cpu(cmd, 0)).with_context(|| what.to_string())?;
+    let to_init = vm.wait_for(START_MARKER, Duration::from_secs(900)).map_err(anyhow::Error::msg)?;
+    let out = vm.finish_unchecked();
+    let process = start.elapsed();
+    if !out.console.contains(EXIT_MARKER) {
+        bail!("{what}: the guest did not end by itself:\n{}", out.transcript());
+    }
+    Ok((to_init, process, out.log))
+}
+
+/// Our VMM booting the image without devices, as QEMU's microvm does.
+fn boot_ours() -> anyhow::Result<Boot> {
+    let mut cmd = Command::new(host_binary("vmm"));
+    cmd.arg("--kernel").arg(image_file("vmlinux")).arg("--initrd").arg(image_file("initramfs.cpio"));
+    cmd.args(["--memory", BOOT_MEMORY_MIB, "--cmdline", BOOT_RUN]).env("RUST_LOG", "info");
+    let (to_init, process, log) = boot(cmd, "the VMM")?;
+    let ns_per_instruction = log
+        .lines()
+        .find_map(|l| l.split_once("guest kernel code runs ")?.1.split_once('(')?.1.split_once(" ns per instruction"))
+        .and_then(|(ns, _)| ns.parse().ok())
+        .context("the VMM logs its probe's ns per instruction")?;
+    Ok(Boot { to_init_s: to_init.as_secs_f64(), process_s: process.as_secs_f64(), ns_per_instruction })
+}
+
+/// What QEMU needs on this host, from the host tool (as the README does).
+struct QemuSetup {
+    cpu: String,
+    flags: String,
+}
+
+fn qemu_setup() -> anyhow::Result<QemuSetup> {
+    let ask = |what: &str| -> anyhow::Result<String> {
+        let out = kvmshm(&[what]);
+        if out.code != Some(0) {
+            bail!("kvmshm {what} failed:\n{}", out.transcript());
+        }
+        Ok(out.console.trim().to_string())
     };
+    Ok(QemuSetup { cpu: ask("qemu-cpu")?, flags: ask("qemu-flags")? })
+}
+
+/// QEMU's microvm booting the same kernel and initramfs with the guest
+/// command line our VMM gives, plus the image's switches for the two
+/// instructions QEMU cannot finish where guest kernel code is emulated. The
+/// guest ends with a reset through the keyboard controller (reboot=k), which
+/// microvm has only when asked for: without it, Linux falls back to jumping
+/// to the firmware, which starts the freed kernel again.
+fn boot_qemu(setup: &QemuSetup, ns_per_instruction: f64) -> anyhow::Result<Boot> {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-M", "microvm", "-enable-kvm", "-cpu", "host", "-m", "128", "-smp", "1"])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
+    cmd.args(["-M", "microvm", "-enable-kvm", "-cpu", &setup.cpu, "-m", BOOT_MEMORY_MIB, "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio", "-device", "i8042"])
         .arg("-kernel")
         .arg(image_file("vmlinux"))
         .arg("-initrd")
         .arg(image_file("initramfs.cpio"))
         .arg("-append")
-        .arg(append);
-    let mut qemu = Running::spawn(cmd).context("qemu-system-x86_64 (Debian package qemu-system-x86)")?;
-    let result = qemu.wait_for(START_MARKER, Duration::from_secs(900)).map_err(anyhow::Error::msg);
-    qemu.kill();
-    Ok(result?.as_secs_f64())
+        .arg(format!("console=ttyS0 reboot=k panic=-1 quiet {} {BOOT_RUN}", setup.flags));
+    let (to_init, process, _) = boot(cmd, "qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+    Ok(Boot { to_init_s: to_init.as_secs_f64(), process_s: process.as_secs_f64(), ns_per_instruction })
+}
+
+/// `rounds` boots of our VMM, each followed by one of QEMU's if `qemu`: the
+/// two see the same conditions, and each QEMU boot is counted in emulated
+/// instructions with the probe of the VMM's boot just before it. Returns
+/// QEMU's boots or why there are none.
+fn boots(rounds: usize, qemu: bool) -> anyhow::Result<(Boots, Result<QemuBoots, String>)> {
+    let mut setup = if qemu {
+        qemu_setup().map_err(|e| format!("QEMU could not be set up: {e:#}"))
+    } else {
+        Err("not run (--no-qemu)".to_string())
+    };
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        eprintln!("bench: boot {round} of {rounds}, our VMM...");
+        let b = boot_ours()?;
+        ours.push(b);
+        if let Ok(s) = &setup {
+            eprintln!("bench: boot {round} of {rounds}, QEMU microvm...");
+            match boot_qemu(s, b.ns_per_instruction) {
+                Ok(q) => theirs.push(q),
+                Err(e) => setup = Err(format!("QEMU did not boot: {e:#}")),
+            }
+        }
+    }
+    Ok((Boots(ours), setup.map(|s| QemuBoots { cpu: s.cpu, boots: Boots(theirs) })))
 }
 
 fn machine() -> Vec<(String, String)> {
@@ -370,16 +491,7 @@ fn main() -> anyhow::Result<()> {
     let host_latency = host_ping_pong(&scratch, args.round_trips)?;
     eprintln!("bench: booting the VMM for the guest measurements...");
     let vm = run_vm(&scratch, args.total_mib, args.round_trips)?;
-    let emulated = vm.guest_cmdline.contains("clearcpuid=");
-    let (boot_qemu_s, qemu_note) = if !args.qemu {
-        (None, "not run (--no-qemu)".to_string())
-    } else {
-        eprintln!("bench: booting QEMU microvm on the same image...");
-        match qemu_boot(&vm.guest_cmdline, emulated) {
-            Ok(s) => (Some(s), "QEMU microvm, same vmlinux, initramfs and guest command line".to_string()),
-            Err(e) => (None, format!("QEMU did not boot: {e:#}")),
-        }
-    };
+    let (boot_ours, boot_qemu) = boots(args.boots, args.qemu)?;
     eprintln!("bench: doorbells: a guest and host peers on an ivshmem server, then two guests...");
     let doorbell = doorbell::run(&scratch)?;
     let results = Results {
@@ -392,9 +504,8 @@ fn main() -> anyhow::Result<()> {
         vm_latency: vm.latency,
         host_latency,
         memory: vm.memory,
-        boot_ours_s: vm.boot_s,
-        boot_qemu_s,
-        qemu_note,
+        boot_ours,
+        boot_qemu,
     };
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("results.json"), report::json(&results))?;
