@@ -380,6 +380,7 @@ pub struct IvshmemServer {
     pub process: Running,
     pub socket: PathBuf,
     pub shm: PathBuf,
+    pub vectors: u32,
 }
 
 impl IvshmemServer {
@@ -394,7 +395,7 @@ impl IvshmemServer {
             assert!(Instant::now() < deadline, "the ivshmem server did not listen at {}", socket.display());
             std::thread::sleep(Duration::from_millis(10));
         }
-        Self { process, socket, shm }
+        Self { process, socket, shm, vectors }
     }
 
     /// The `--shm` option of a VMM that joins this server.
@@ -413,5 +414,46 @@ impl IvshmemServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// What QEMU needs on this host, found with the host tool as the README's
+/// QEMU command finds it: the `-cpu` model and the guest's extra flags.
+pub struct Qemu {
+    pub cpu: String,
+    pub flags: String,
+}
+
+impl Qemu {
+    pub fn detect() -> Result<Self, String> {
+        let ask = |what: &str| {
+            let out = kvmshm(&[what]);
+            match out.code {
+                Some(0) => Ok(out.console.trim().to_string()),
+                _ => Err(format!("kvmshm {what} failed:\n{}", out.transcript())),
+            }
+        };
+        Ok(Self { cpu: ask("qemu-cpu")?, flags: ask("qemu-flags")? })
+    }
+
+    /// QEMU's `pc` machine (`microvm` has no legacy PCI) booting the image,
+    /// `run` as after `run=`, with an ivshmem-doorbell device on `server`.
+    /// The guest ends QEMU by a reset through the keyboard controller.
+    pub fn doorbell_vm(&self, server: &IvshmemServer, run: &str) -> Command {
+        require_kvm();
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-M", "pc", "-enable-kvm", "-cpu", &self.cpu, "-m", "128", "-smp", "1"])
+            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
+            .arg("-kernel")
+            .arg(image_file("vmlinux"))
+            .arg("-initrd")
+            .arg(image_file("initramfs.cpio"))
+            .arg("-chardev")
+            .arg(format!("socket,path={},id=doorbell", server.socket.display()))
+            .arg("-device")
+            .arg(format!("ivshmem-doorbell,chardev=doorbell,vectors={}", server.vectors))
+            .arg("-append")
+            .arg(format!("console=ttyS0 reboot=k panic=-1 quiet {} run={run}", self.flags));
+        cmd
     }
 }

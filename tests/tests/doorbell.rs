@@ -1,12 +1,13 @@
 //! Issue 11: ivshmem-doorbell. VMs and host processes join one ivshmem
 //! server (`kvmshm server`), share its memory and ring each other: the VMM's
 //! device (MSI-X, ioeventfd, irqfd), the guest driver's ring, wait and
-//! masking, and the server surviving a peer that dies.
+//! masking, QEMU's ivshmem-doorbell on the same server, and the server
+//! surviving a peer that dies.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kvmshm_tests::{IvshmemServer, Scratch, host_binary, kvmshm, kvmshm_beside_vm, spawn_vm};
+use kvmshm_tests::{IvshmemServer, Qemu, Running, Scratch, host_binary, kvmshm, kvmshm_beside_vm, spawn_vm};
 
 /// A host process and a guest: 1,000 interrupt-driven round trips through
 /// the echo mailbox, every answer checked in order; neither side polls.
@@ -60,6 +61,29 @@ fn two_vms_exchange_data_and_rings_both_ways() {
         assert_eq!(out.code, Some(0), "{}", out.transcript());
         assert!(out.console.contains(line), "missing {line:?}\n{}", out.transcript());
     }
+}
+
+/// QEMU interop: a QEMU VM (Debian's QEMU, its own ivshmem-doorbell, our
+/// image and driver) and one of our VMs on one server take turns, 20 rounds,
+/// each writing data for the other and ringing it.
+#[test]
+fn a_qemu_vm_and_ours_exchange_data_and_rings_both_ways() {
+    let qemu = Qemu::detect().unwrap_or_else(|e| panic!("QEMU is needed here (test.sh installs it): {e}"));
+    let scratch = Scratch::new("doorbell-qemu");
+    let server = IvshmemServer::start(&scratch, 1);
+    let lead = qemu.doorbell_vm(&server, "/bin/kvmshm-demo -- pingpong --peer=1 --rounds=20 --side=0");
+    let lead = Running::spawn(lead).expect("start qemu-system-x86_64 (Debian package qemu-system-x86)");
+    server.await_log("peer 0 joined", 1, Duration::from_secs(60));
+    let ours = spawn_vm("/bin/kvmshm-demo -- pingpong --peer=0 --rounds=20 --side=1", &["--shm", &server.shm_option()]);
+    let (ours, lead) = (ours.finish(), lead.finish_unchecked());
+    for (out, line) in [
+        (&lead, "pingpong: 20 rounds with peer 1 as side 0, data and rings both ways"),
+        (&ours, "pingpong: 20 rounds with peer 0 as side 1, data and rings both ways"),
+    ] {
+        assert_eq!(out.code, Some(0), "{}", out.transcript());
+        assert!(out.console.contains(line), "missing {line:?}\n{}", out.transcript());
+    }
+    assert!(lead.console.contains("kvmshm-init: exit status 0"), "{}", lead.transcript());
 }
 
 /// A host peer killed with SIGKILL in the middle of its requests: the server

@@ -2,12 +2,13 @@
 //! host process and a guest, between two guests and between two host
 //! processes (eventfds only), beside polling round trips through the same
 //! echo mailbox; and the CPU that a guest process waiting for requests uses
-//! with interrupts and with polling.
+//! with interrupts and with polling; the host-guest figures again with
+//! QEMU's ivshmem-doorbell, on the same image, side by side.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kvmshm_tests::{IvshmemServer, Running, Scratch, vmm};
+use kvmshm_tests::{IvshmemServer, Qemu, Running, Scratch, vmm};
 use shm_layout::echo::Mailbox;
 use shm_layout::host::ivshmem::{Peer, Server};
 use shm_layout::host::{EchoClient, MappedFile};
@@ -20,15 +21,22 @@ const ROUND_TRIPS: u64 = 1000;
 const IDLE: Duration = Duration::from_secs(10);
 
 pub struct DoorbellResults {
-    pub host_guest_irq: Latency,
-    pub host_guest_poll: Latency,
+    pub ours: HostGuest,
+    /// The same with QEMU's ivshmem-doorbell, or why there is no figure.
+    pub qemu: Result<HostGuest, String>,
     pub host_host_irq: Latency,
     /// Median and p99 as the lead guest measured them (microseconds).
     pub guest_guest_irq_us: (u64, u64),
+}
+
+/// A host process and a guest through the echo mailbox.
+pub struct HostGuest {
+    pub irq: Latency,
+    pub poll: Latency,
     /// CPU time of the guest's echo server while the host client leaves it
     /// waiting for [`IDLE`]: (CPU ms, wall ms).
-    pub guest_cpu_irq: (u64, u64),
-    pub guest_cpu_poll: (u64, u64),
+    pub cpu_irq: (u64, u64),
+    pub cpu_poll: (u64, u64),
 }
 
 /// Times `n` requests one at a time; each sample is one round trip.
@@ -70,32 +78,42 @@ fn echo_cpu(line: &str) -> anyhow::Result<(u64, u64)> {
     Ok((cpu, wall))
 }
 
-pub fn run(scratch: &Scratch) -> anyhow::Result<DoorbellResults> {
-    // A guest serves the echo mailbox four times: twice waiting for rings,
-    // twice spinning (see `sessions`).
+/// What a guest's echo server runs: four sessions, twice waiting for rings,
+/// twice spinning (see `sessions`).
+const ECHO_RUN: &str = "/bin/kvmshm-demo -- echo --interrupts=1 :: echo --interrupts=1 :: echo :: echo";
+
+pub fn run(scratch: &Scratch, qemu: Result<&Qemu, &str>) -> anyhow::Result<DoorbellResults> {
     let server = IvshmemServer::start(scratch, 1);
-    let run = "/bin/kvmshm-demo -- echo --interrupts=1 :: echo --interrupts=1 :: echo :: echo";
-    let vm = Running::vmm(on_cpu(vmm(run, &["--shm", &server.shm_option()]), 0));
+    let ours = host_guest(Running::vmm(on_cpu(vmm(ECHO_RUN, &["--shm", &server.shm_option()]), 0)), &server)?;
+    drop(server);
+    let qemu = qemu.map_err(str::to_string).and_then(|q| {
+        eprintln!("bench: doorbells: the same with QEMU's ivshmem-doorbell...");
+        let server = IvshmemServer::start(&Scratch::new("bench-qemu-doorbell"), 1);
+        let vm = Running::spawn(on_cpu(q.doorbell_vm(&server, ECHO_RUN), 0)).map_err(|e| format!("QEMU: {e}"))?;
+        host_guest(vm, &server).map_err(|e| format!("{e:#}"))
+    });
+    Ok(DoorbellResults {
+        ours,
+        qemu,
+        host_host_irq: host_host(scratch)?,
+        guest_guest_irq_us: guest_guest(&Scratch::new("bench-guests"))?,
+    })
+}
+
+/// The host's side of [`ECHO_RUN`] in `vm`, a guest on `server`.
+fn host_guest(vm: Running, server: &IvshmemServer) -> anyhow::Result<HostGuest> {
     let file = MappedFile::open(&server.shm)?;
     let mut peer = Peer::connect(&server.socket)?;
-    let host_guest_irq = sessions(&file, Some(&mut peer))?;
-    let host_guest_poll = sessions(&file, None)?;
-    let out = vm.finish();
+    let irq = sessions(&file, Some(&mut peer))?;
+    let poll = sessions(&file, None)?;
+    let out = vm.finish_unchecked();
     if out.code != Some(0) {
         bail!("the echo VM failed:\n{}", out.transcript());
     }
     let cpu: Vec<(u64, u64)> =
         out.console.lines().filter(|l| l.starts_with("echo: served")).map(echo_cpu).collect::<Result<_, _>>()?;
-    let [guest_cpu_irq, _, guest_cpu_poll, _] = cpu[..] else { bail!("four echo sessions expected:\n{}", out.console) };
-
-    Ok(DoorbellResults {
-        host_guest_irq,
-        host_guest_poll,
-        host_host_irq: host_host(scratch)?,
-        guest_guest_irq_us: guest_guest(&Scratch::new("bench-guests"))?,
-        guest_cpu_irq,
-        guest_cpu_poll,
-    })
+    let [cpu_irq, _, cpu_poll, _] = cpu[..] else { bail!("four echo sessions expected:\n{}", out.console) };
+    Ok(HostGuest { irq, poll, cpu_irq, cpu_poll })
 }
 
 /// Two host threads, each a peer of an in-process server, through the echo
@@ -169,24 +187,39 @@ pub fn markdown(d: &DoorbellResults) -> String {
         "{ROUND_TRIPS} round trips through the echo mailbox per row, one request at a time (microseconds):\n\n"
     );
     md += "| round trip | median | p99 | samples |\n|---|---|---|---|\n";
-    md += &row("host process ↔ guest, interrupts both ways", &d.host_guest_irq);
-    md += &row("host process ↔ guest, polling both ways", &d.host_guest_poll);
+    md += &row("host process ↔ guest, interrupts both ways", &d.ours.irq);
+    if let Ok(q) = &d.qemu {
+        md += &row("host process ↔ guest in QEMU (ivshmem-doorbell), interrupts both ways", &q.irq);
+    }
+    md += &row("host process ↔ guest, polling both ways", &d.ours.poll);
+    if let Ok(q) = &d.qemu {
+        md += &row("host process ↔ guest in QEMU, polling both ways", &q.poll);
+    }
     md += &row("host process ↔ host process, eventfds (no VM)", &d.host_host_irq);
     md += &format!(
         "| guest ↔ guest (two VMs, ping-pong with data), interrupts | {}.0 | {}.0 | 1000 |\n",
         d.guest_guest_irq_us.0, d.guest_guest_irq_us.1
     );
     let share = |(cpu, wall): (u64, u64)| 100.0 * cpu as f64 / wall.max(1) as f64;
+    let idle = |h: &HostGuest| {
+        format!(
+            "{} ms of CPU in {} ms ({:.1}% of a core) waiting for interrupts, {} ms in {} ms ({:.1}%) polling",
+            h.cpu_irq.0,
+            h.cpu_irq.1,
+            share(h.cpu_irq),
+            h.cpu_poll.0,
+            h.cpu_poll.1,
+            share(h.cpu_poll)
+        )
+    };
     md += &format!(
-        "\nThe CPU the guest's echo server uses while the host client leaves it waiting for {} s: \
-         {} ms of CPU in {} ms ({:.1}% of a core) waiting for interrupts, {} ms in {} ms ({:.1}%) polling.\n",
+        "\nThe CPU the guest's echo server uses while the host client leaves it waiting for {} s: {}.\n",
         IDLE.as_secs(),
-        d.guest_cpu_irq.0,
-        d.guest_cpu_irq.1,
-        share(d.guest_cpu_irq),
-        d.guest_cpu_poll.0,
-        d.guest_cpu_poll.1,
-        share(d.guest_cpu_poll),
+        idle(&d.ours)
     );
+    match &d.qemu {
+        Ok(q) => md += &format!("In QEMU: {}.\n", idle(q)),
+        Err(why) => md += &format!("\nNo QEMU figures: {why}\n"),
+    }
     md
 }

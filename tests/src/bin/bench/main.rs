@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kvmshm_tests::{Running, Scratch, host_binary, image_file, kvmshm};
+use kvmshm_tests::{Qemu, Running, Scratch, host_binary, image_file};
 use shm_layout::host::MappedFile;
 use shm_layout::stream::{Direction, Stream};
 
@@ -382,30 +382,13 @@ fn boot_ours() -> anyhow::Result<Boot> {
     Ok(Boot { to_init_s: to_init.as_secs_f64(), process_s: process.as_secs_f64(), ns_per_instruction })
 }
 
-/// What QEMU needs on this host, from the host tool (as the README does).
-struct QemuSetup {
-    cpu: String,
-    flags: String,
-}
-
-fn qemu_setup() -> anyhow::Result<QemuSetup> {
-    let ask = |what: &str| -> anyhow::Result<String> {
-        let out = kvmshm(&[what]);
-        if out.code != Some(0) {
-            bail!("kvmshm {what} failed:\n{}", out.transcript());
-        }
-        Ok(out.console.trim().to_string())
-    };
-    Ok(QemuSetup { cpu: ask("qemu-cpu")?, flags: ask("qemu-flags")? })
-}
-
 /// QEMU's microvm booting the same kernel and initramfs with the guest
 /// command line our VMM gives, plus the image's switches for the two
 /// instructions QEMU cannot finish where guest kernel code is emulated. The
 /// guest ends with a reset through the keyboard controller (reboot=k), which
 /// microvm has only when asked for: without it, Linux falls back to jumping
 /// to the firmware, which starts the freed kernel again.
-fn boot_qemu(setup: &QemuSetup, ns_per_instruction: f64) -> anyhow::Result<Boot> {
+fn boot_qemu(setup: &Qemu, ns_per_instruction: f64) -> anyhow::Result<Boot> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-M", "microvm", "-enable-kvm", "-cpu", &setup.cpu, "-m", BOOT_MEMORY_MIB, "-smp", "1"])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio", "-device", "i8042"])
@@ -419,30 +402,26 @@ fn boot_qemu(setup: &QemuSetup, ns_per_instruction: f64) -> anyhow::Result<Boot>
     Ok(Boot { to_init_s: to_init.as_secs_f64(), process_s: process.as_secs_f64(), ns_per_instruction })
 }
 
-/// `rounds` boots of our VMM, each followed by one of QEMU's if `qemu`: the
-/// two see the same conditions, and each QEMU boot is counted in emulated
-/// instructions with the probe of the VMM's boot just before it. Returns
-/// QEMU's boots or why there are none.
-fn boots(rounds: usize, qemu: bool) -> anyhow::Result<(Boots, Result<QemuBoots, String>)> {
-    let mut setup = if qemu {
-        qemu_setup().map_err(|e| format!("QEMU could not be set up: {e:#}"))
-    } else {
-        Err("not run (--no-qemu)".to_string())
-    };
+/// `rounds` boots of our VMM, each followed by one of QEMU's if there is a
+/// QEMU: the two see the same conditions, and each QEMU boot is counted in
+/// emulated instructions with the probe of the VMM's boot just before it.
+/// Returns QEMU's boots or why there are none.
+fn boots(rounds: usize, qemu: Result<&Qemu, &str>) -> anyhow::Result<(Boots, Result<QemuBoots, String>)> {
+    let mut setup = qemu.map_err(str::to_string);
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         eprintln!("bench: boot {round} of {rounds}, our VMM...");
         let b = boot_ours()?;
         ours.push(b);
-        if let Ok(s) = &setup {
+        if let Ok(q) = setup {
             eprintln!("bench: boot {round} of {rounds}, QEMU microvm...");
-            match boot_qemu(s, b.ns_per_instruction) {
-                Ok(q) => theirs.push(q),
+            match boot_qemu(q, b.ns_per_instruction) {
+                Ok(boot) => theirs.push(boot),
                 Err(e) => setup = Err(format!("QEMU did not boot: {e:#}")),
             }
         }
     }
-    Ok((Boots(ours), setup.map(|s| QemuBoots { cpu: s.cpu, boots: Boots(theirs) })))
+    Ok((Boots(ours), setup.map(|q| QemuBoots { cpu: q.cpu.clone(), boots: Boots(theirs) })))
 }
 
 fn machine() -> Vec<(String, String)> {
@@ -491,9 +470,14 @@ fn main() -> anyhow::Result<()> {
     let host_latency = host_ping_pong(&scratch, args.round_trips)?;
     eprintln!("bench: booting the VMM for the guest measurements...");
     let vm = run_vm(&scratch, args.total_mib, args.round_trips)?;
-    let (boot_ours, boot_qemu) = boots(args.boots, args.qemu)?;
+    let qemu = if args.qemu {
+        Qemu::detect().map_err(|e| format!("QEMU could not be set up: {e}"))
+    } else {
+        Err("not run (--no-qemu)".to_string())
+    };
+    let (boot_ours, boot_qemu) = boots(args.boots, qemu.as_ref().map_err(String::as_str))?;
     eprintln!("bench: doorbells: a guest and host peers on an ivshmem server, then two guests...");
-    let doorbell = doorbell::run(&scratch)?;
+    let doorbell = doorbell::run(&scratch, qemu.as_ref().map_err(String::as_str))?;
     let results = Results {
         machine: machine(),
         total_bytes: total,
