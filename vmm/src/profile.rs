@@ -67,6 +67,8 @@ impl Profiler {
     }
 }
 
+const PAST_THE_IMAGE: &str = "(past the kernel image: a module)";
+
 fn read_symbols(system_map: &Path) -> std::io::Result<Vec<(u64, String)>> {
     let text = std::fs::read_to_string(system_map)?;
     let mut symbols: Vec<(u64, String)> = text
@@ -74,8 +76,14 @@ fn read_symbols(system_map: &Path) -> std::io::Result<Vec<(u64, String)>> {
         .filter_map(|l| {
             let mut f = l.split_whitespace();
             let (addr, kind, name) = (f.next()?, f.next()?, f.next()?);
-            let text = matches!(kind, "t" | "T");
-            text.then_some((u64::from_str_radix(addr, 16).ok()?, name.to_string()))
+            // `_end` closes the last function: what lies past the image
+            // (modules, which a System.map does not list) is not its.
+            let name = match (kind, name) {
+                ("t" | "T", _) => name.to_string(),
+                (_, "_end") => PAST_THE_IMAGE.to_string(),
+                _ => return None,
+            };
+            Some((u64::from_str_radix(addr, 16).ok()?, name))
         })
         .collect();
     symbols.sort_unstable();
@@ -87,6 +95,36 @@ impl Drop for Profiler {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.timer.take() {
             let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_past_the_image_are_not_the_last_functions() {
+        let dir = std::env::temp_dir().join(format!("kvmshm-profile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let map = dir.join("System.map");
+        std::fs::write(
+            &map,
+            "ffffffff81000000 T _text\nffffffff81000100 T start\nffffffff81578520 t last_exit\n\
+             ffffffff815cb000 B _end\nffffffff815c0000 D some_data\n",
+        )
+        .unwrap();
+        let symbols = read_symbols(&map).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut profiler = Profiler { symbols, samples: HashMap::new(), stop: Arc::default(), timer: None };
+        for rip in
+            [0xffff_ffff_8100_0180, 0xffff_ffff_8157_8530, 0xffff_ffff_a000_1000, 0xffff_ffff_a000_2000, 0x40_0000]
+        {
+            profiler.record(rip);
+        }
+        let report = profiler.report(10);
+        for line in ["2 (past the kernel image: a module)", "1 start", "1 last_exit", "1 (guest user space)"] {
+            assert!(report.contains(line), "{line:?} missing:\n{report}");
         }
     }
 }
