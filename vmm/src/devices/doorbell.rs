@@ -225,6 +225,9 @@ impl Doorbell {
                     info!("ivshmem-doorbell peer {}: peer {peer} left", self.id());
                     self.remove_ioevents(|p| p == peer)?;
                 }
+                Change::Refused { what, value } => {
+                    limited!(self.log, Level::Warn, "ivshmem server sent {what} ({value}): ignored");
+                }
                 Change::ServerGone => {
                     info!("ivshmem-doorbell peer {}: the server is gone; peers can still ring each other", self.id());
                 }

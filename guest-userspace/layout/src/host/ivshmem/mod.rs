@@ -151,6 +151,38 @@ mod tests {
     }
 
     #[test]
+    fn a_server_that_breaks_the_protocol_cannot_grow_a_peers_files() {
+        let (server, client) = UnixStream::pair().unwrap();
+        let memory = std::fs::File::open(temp_file("hostile-server", 1 << 16)).unwrap();
+        let eventfd = || vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let own = [eventfd(), eventfd()];
+        send_message(&server, PROTOCOL_VERSION, None).unwrap();
+        send_message(&server, 3, None).unwrap();
+        send_message(&server, -1, Some(memory.as_raw_fd())).unwrap();
+        own.iter().for_each(|fd| send_message(&server, 3, Some(fd.as_raw_fd())).unwrap());
+        let mut peer = Peer::handshake(client, Some(2)).unwrap();
+        // Peer 5 with 64 vectors, and an id no peer can have.
+        let theirs = eventfd();
+        for _ in 0..64 {
+            send_message(&server, 5, Some(theirs.as_raw_fd())).unwrap();
+        }
+        send_message(&server, 70_000, None).unwrap();
+        let changes = peer.update().unwrap();
+        assert_eq!(
+            changes,
+            vec![
+                Change::Joined(5),
+                Change::Refused { what: "an eventfd past the peer's vectors", value: 5 },
+                Change::Refused { what: "a peer id out of range", value: 70_000 },
+            ]
+        );
+        assert_eq!(peer.peer_eventfds(5).unwrap().len(), 2, "as many as its own vectors");
+        // It goes on: a leave after the refusals still counts.
+        send_message(&server, 5, None).unwrap();
+        assert_eq!(peer.update().unwrap(), vec![Change::Left(5)]);
+    }
+
+    #[test]
     fn misbehaving_clients_are_dropped_and_announced() {
         let server = Running::start("misbehave", 4);
         let mut good = Peer::connect(&server.path).unwrap();

@@ -30,6 +30,9 @@ pub enum Change {
     Left(u16),
     /// The server closed the connection: no more joins or leaves.
     ServerGone,
+    /// The server sent something the protocol does not allow (`what`, for
+    /// the peer id `value`): dropped, with any descriptor it carried.
+    Refused { what: &'static str, value: i64 },
 }
 
 /// A vector that was rung, and how many rings it took since last read.
@@ -163,23 +166,27 @@ impl Peer {
         while !self.server_gone {
             match self.receiver.recv(&self.socket) {
                 Ok(None) => break,
-                Ok(Some((value, fd))) => {
-                    let peer =
-                        u16::try_from(value).map_err(|_| Error::Protocol { what: "a peer id out of range", value })?;
-                    match fd {
-                        // More vectors of our own after set-up: not used.
-                        Some(_) if peer == self.id => {}
-                        Some(fd) => {
-                            self.peers.entry(peer).or_default().push(eventfd(fd));
+                Ok(Some((value, fd))) => match (u16::try_from(value), fd) {
+                    (Err(_), _) => changes.push(Change::Refused { what: "a peer id out of range", value }),
+                    // More vectors of our own after set-up: not used.
+                    (Ok(peer), Some(_)) if peer == self.id => {}
+                    (Ok(peer), Some(fd)) => {
+                        // Every peer has as many vectors as this one: a
+                        // server that sends more must not grow our files.
+                        let fds = self.peers.entry(peer).or_default();
+                        if fds.len() < self.own.len() {
+                            fds.push(eventfd(fd));
                             changes.push(Change::Joined(peer));
-                        }
-                        None => {
-                            if self.peers.remove(&peer).is_some() {
-                                changes.push(Change::Left(peer));
-                            }
+                        } else {
+                            changes.push(Change::Refused { what: "an eventfd past the peer's vectors", value });
                         }
                     }
-                }
+                    (Ok(peer), None) => {
+                        if self.peers.remove(&peer).is_some() {
+                            changes.push(Change::Left(peer));
+                        }
+                    }
+                },
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     self.server_gone = true;
                     changes.push(Change::ServerGone);
