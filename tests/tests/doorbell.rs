@@ -42,6 +42,23 @@ fn a_masked_vector_holds_its_rings_pending_until_unmasked() {
     }
 }
 
+/// A guest process blocked waiting for the doorbell's interrupts, without
+/// a timeout, when the device is removed: it is woken with ENODEV, and the
+/// old mapping and the file behave as for a plain device.
+#[test]
+fn removal_wakes_a_blocked_waiter_with_enodev() {
+    let scratch = Scratch::new("doorbell-removal");
+    let server = IvshmemServer::start(&scratch, 1);
+    let out = spawn_vm("/bin/kvmshm-demo -- check-removal", &["--shm", &server.shm_option()]).finish();
+    assert_eq!(out.code, Some(0), "{}", out.transcript());
+    for line in [
+        "check-removal: a wait blocked at removal: ENODEV",
+        "check-removal: removed 0000:00:01.0; access to the old mapping: SIGBUS; read after removal: ENODEV",
+    ] {
+        assert!(out.console.contains(line), "missing {line:?}\n{}", out.transcript());
+    }
+}
+
 /// Two of our VMs on one server take turns: each writes data for the other
 /// and rings it, 50 rounds, both ways.
 #[test]

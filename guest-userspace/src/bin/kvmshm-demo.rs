@@ -503,8 +503,54 @@ const REMOVAL_MARKER: &[u8] = b"written before the device was removed";
 fn check_removal(device: &Device, path: &str) -> i32 {
     device.file().write_all_at(REMOVAL_MARKER, 0).unwrap_or_else(|e| fail(1, &format!("{path}: pwrite: {e}")));
     let bound = bound_devices();
-    for pci in &bound {
-        sysfs_write(&format!("/sys/bus/pci/devices/{pci}/remove"), b"1", 0);
+    let remove = || {
+        for pci in &bound {
+            sysfs_write(&format!("/sys/bus/pci/devices/{pci}/remove"), b"1", 0);
+        }
+    };
+    if device.vectors() == 0 {
+        remove();
+    } else {
+        // A doorbell device: a process blocked waiting for its interrupts
+        // (without a timeout) when the device goes is woken with ENODEV.
+        // SAFETY: this process has one thread; the child only waits on the
+        // device and leaves with _exit.
+        let waiter = match unsafe { libc::fork() } {
+            -1 => fail(1, &format!("fork: {}", io::Error::last_os_error())),
+            0 => {
+                let enodev = device.wait(0, u32::MAX).map_err(|e| e.raw_os_error()) == Err(Some(libc::ENODEV));
+                // SAFETY: ends the child at once.
+                unsafe { libc::_exit(if enodev { 0 } else { 1 }) }
+            }
+            pid => pid,
+        };
+        // Removed only once the child sleeps (in the wait: it does nothing else).
+        let sleeping = || {
+            let stat = std::fs::read_to_string(format!("/proc/{waiter}/stat")).unwrap_or_default();
+            stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('S'))
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sleeping() {
+            if Instant::now() > deadline {
+                fail(1, "check-removal: the waiter did not block within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        remove();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut wstatus = 0;
+        // SAFETY: polls our own child; wstatus is a valid out-pointer.
+        while unsafe { libc::waitpid(waiter, &mut wstatus, libc::WNOHANG) } == 0 {
+            if Instant::now() > deadline {
+                fail(1, "check-removal: a wait blocked at removal did not end within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let enodev = libc::WIFEXITED(wstatus) && libc::WEXITSTATUS(wstatus) == 0;
+        println!("check-removal: a wait blocked at removal: {}", if enodev { "ENODEV" } else { "not ENODEV" });
+        if !enodev {
+            return 1;
+        }
     }
     // SAFETY: this process has one thread; the child only touches the
     // mapping and leaves with _exit.
