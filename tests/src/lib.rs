@@ -124,7 +124,6 @@ pub fn spawn_vm(run: &str, extra: &[&str]) -> Running {
 /// leave a guest spinning.
 pub struct Running {
     child: Option<Child>,
-    start: Instant,
     deadline: Instant,
     stdout_lines: mpsc::Receiver<(Duration, String)>,
     stdout: Vec<String>,
@@ -158,7 +157,6 @@ impl Running {
         });
         Ok(Self {
             child: Some(child),
-            start,
             deadline: start + VM_DEADLINE,
             stdout_lines,
             stdout: Vec::new(),
@@ -205,10 +203,7 @@ impl Running {
         self.collect_stdout();
         let last = self.stdout[self.stdout.len().saturating_sub(30)..].join("\n");
         let log = self.stderr.lock().unwrap().clone();
-        panic!(
-            "still running after {:?}: killed. Its last console lines:\n{last}\n--- its log ---\n{log}",
-            self.deadline - self.start
-        );
+        panic!("still running after {VM_DEADLINE:?}: killed. Its last console lines:\n{last}\n--- its log ---\n{log}");
     }
 
     /// What it wrote to standard error so far.
@@ -436,24 +431,32 @@ impl Qemu {
         Ok(Self { cpu: ask("qemu-cpu")?, flags: ask("qemu-flags")? })
     }
 
-    /// QEMU's `pc` machine (`microvm` has no legacy PCI) booting the image,
-    /// `run` as after `run=`, with an ivshmem-doorbell device on `server`.
-    /// The guest ends QEMU by a reset through the keyboard controller.
-    pub fn doorbell_vm(&self, server: &IvshmemServer, run: &str) -> Command {
+    /// QEMU's `machine` booting the image with `memory_mib` of RAM and
+    /// `cmdline` after the guest flags this host needs; its serial console
+    /// is standard output. The guest ends QEMU by a reset through the
+    /// keyboard controller (`reboot=k`), which `-no-reboot` makes an exit.
+    pub fn command(&self, machine: &str, memory_mib: &str, cmdline: &str) -> Command {
         require_kvm();
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-M", "pc", "-enable-kvm", "-cpu", &self.cpu, "-m", "128", "-smp", "1"])
+        cmd.args(["-M", machine, "-enable-kvm", "-cpu", &self.cpu, "-m", memory_mib, "-smp", "1"])
             .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
             .arg("-kernel")
             .arg(image_file("vmlinux"))
             .arg("-initrd")
             .arg(image_file("initramfs.cpio"))
-            .arg("-chardev")
+            .arg("-append")
+            .arg(format!("console=ttyS0 reboot=k panic=-1 quiet {} {cmdline}", self.flags));
+        cmd
+    }
+
+    /// QEMU's `pc` machine (`microvm` has no legacy PCI) booting the image,
+    /// `run` as after `run=`, with an ivshmem-doorbell device on `server`.
+    pub fn doorbell_vm(&self, server: &IvshmemServer, run: &str) -> Command {
+        let mut cmd = self.command("pc", "128", &format!("run={run}"));
+        cmd.arg("-chardev")
             .arg(format!("socket,path={},id=doorbell", server.socket.display()))
             .arg("-device")
-            .arg(format!("ivshmem-doorbell,chardev=doorbell,vectors={}", server.vectors))
-            .arg("-append")
-            .arg(format!("console=ttyS0 reboot=k panic=-1 quiet {} run={run}", self.flags));
+            .arg(format!("ivshmem-doorbell,chardev=doorbell,vectors={}", server.vectors));
         cmd
     }
 }

@@ -7,7 +7,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kvmshm_tests::{IvshmemServer, Qemu, Running, Scratch, host_binary, kvmshm, kvmshm_beside_vm, spawn_vm};
+use kvmshm_tests::{
+    IvshmemServer, Qemu, Running, Scratch, VmResult, host_binary, kvmshm, kvmshm_beside_vm, run_vm, spawn_vm, vmm,
+};
 
 /// A host process and a guest: 1,000 interrupt-driven round trips through
 /// the echo mailbox, every answer checked in order; neither side polls.
@@ -34,8 +36,7 @@ fn a_host_peer_and_a_guest_make_1000_interrupt_driven_round_trips() {
 fn a_masked_vector_holds_its_rings_pending_until_unmasked() {
     let scratch = Scratch::new("doorbell-mask");
     let server = IvshmemServer::start(&scratch, 1);
-    let out =
-        spawn_vm("/bin/kvmshm-demo -- check-doorbell --slot=1 :: check-api", &["--shm", &server.shm_option()]).finish();
+    let out = run_vm("/bin/kvmshm-demo -- check-doorbell --slot=1 :: check-api", &["--shm", &server.shm_option()]);
     assert_eq!(out.code, Some(0), "{}", out.transcript());
     for line in ["check-doorbell: peer 0: a ring is delivered; masked, 3 rings set the pending bit", "check-api:"] {
         assert!(out.console.contains(line), "missing {line:?}\n{}", out.transcript());
@@ -49,7 +50,7 @@ fn a_masked_vector_holds_its_rings_pending_until_unmasked() {
 fn removal_wakes_a_blocked_waiter_with_enodev() {
     let scratch = Scratch::new("doorbell-removal");
     let server = IvshmemServer::start(&scratch, 1);
-    let out = spawn_vm("/bin/kvmshm-demo -- check-removal", &["--shm", &server.shm_option()]).finish();
+    let out = run_vm("/bin/kvmshm-demo -- check-removal", &["--shm", &server.shm_option()]);
     assert_eq!(out.code, Some(0), "{}", out.transcript());
     for line in [
         "check-removal: a wait blocked at removal: ENODEV",
@@ -59,25 +60,40 @@ fn removal_wakes_a_blocked_waiter_with_enodev() {
     }
 }
 
+/// The lead's command for [`pingpong_with_our_vm`]: `rounds` rounds of
+/// `pingpong` as side 0 against peer 1.
+fn lead_run(rounds: u32) -> String {
+    format!("/bin/kvmshm-demo -- pingpong --peer=1 --rounds={rounds} --side=0")
+}
+
+/// Once `lead` (started with [`lead_run`]) has joined `server` as peer 0,
+/// one of our VMs follows as peer 1; both must play every round, with data
+/// and rings both ways, and end with status 0. Returns the lead's output.
+fn pingpong_with_our_vm(lead: Running, server: &IvshmemServer, rounds: u32) -> VmResult {
+    // Ids go in the order of joining: the lead is 0, the follower 1.
+    server.await_log("peer 0 joined", 1, Duration::from_secs(60));
+    let run = format!("/bin/kvmshm-demo -- pingpong --peer=0 --rounds={rounds} --side=1");
+    let follower = spawn_vm(&run, &["--shm", &server.shm_option()]);
+    let (follower, lead) = (follower.finish(), lead.finish());
+    for (out, line) in [
+        (&lead, format!("pingpong: {rounds} rounds with peer 1 as side 0, data and rings both ways")),
+        (&follower, format!("pingpong: {rounds} rounds with peer 0 as side 1, data and rings both ways")),
+    ] {
+        assert_eq!(out.code, Some(0), "{}", out.transcript());
+        assert!(out.console.contains(&line), "missing {line:?}\n{}", out.transcript());
+    }
+    lead
+}
+
 /// Two of our VMs on one server take turns: each writes data for the other
 /// and rings it, 50 rounds, both ways.
 #[test]
 fn two_vms_exchange_data_and_rings_both_ways() {
     let scratch = Scratch::new("doorbell-vms");
     let server = IvshmemServer::start(&scratch, 1);
-    let shm = server.shm_option();
-    let lead = spawn_vm("/bin/kvmshm-demo -- pingpong --peer=1 --rounds=50 --side=0", &["--shm", &shm]);
-    // Ids go in the order of joining: the lead is 0, the follower 1.
-    server.await_log("peer 0 joined", 1, Duration::from_secs(60));
-    let follower = spawn_vm("/bin/kvmshm-demo -- pingpong --peer=0 --rounds=50 --side=1", &["--shm", &shm]);
-    let (lead, follower) = (lead.finish(), follower.finish());
-    for (out, line) in [
-        (&lead, "pingpong: 50 rounds with peer 1 as side 0, data and rings both ways"),
-        (&follower, "pingpong: 50 rounds with peer 0 as side 1, data and rings both ways"),
-    ] {
-        assert_eq!(out.code, Some(0), "{}", out.transcript());
-        assert!(out.console.contains(line), "missing {line:?}\n{}", out.transcript());
-    }
+    let lead = Running::vmm(vmm(&lead_run(50), &["--shm", &server.shm_option()]));
+    let lead = pingpong_with_our_vm(lead, &server, 50);
+    assert!(lead.log.contains("ivshmem-doorbell peer 0: peer 1 joined"), "{}", lead.transcript());
 }
 
 /// QEMU interop: a QEMU VM (Debian's QEMU, its own ivshmem-doorbell, our
@@ -88,18 +104,9 @@ fn a_qemu_vm_and_ours_exchange_data_and_rings_both_ways() {
     let qemu = Qemu::detect().unwrap_or_else(|e| panic!("QEMU is needed here (test.sh installs it): {e}"));
     let scratch = Scratch::new("doorbell-qemu");
     let server = IvshmemServer::start(&scratch, 1);
-    let lead = qemu.doorbell_vm(&server, "/bin/kvmshm-demo -- pingpong --peer=1 --rounds=20 --side=0");
-    let lead = Running::spawn(lead).expect("start qemu-system-x86_64 (Debian package qemu-system-x86)");
-    server.await_log("peer 0 joined", 1, Duration::from_secs(60));
-    let ours = spawn_vm("/bin/kvmshm-demo -- pingpong --peer=0 --rounds=20 --side=1", &["--shm", &server.shm_option()]);
-    let (ours, lead) = (ours.finish(), lead.finish_unchecked());
-    for (out, line) in [
-        (&lead, "pingpong: 20 rounds with peer 1 as side 0, data and rings both ways"),
-        (&ours, "pingpong: 20 rounds with peer 0 as side 1, data and rings both ways"),
-    ] {
-        assert_eq!(out.code, Some(0), "{}", out.transcript());
-        assert!(out.console.contains(line), "missing {line:?}\n{}", out.transcript());
-    }
+    let lead = Running::spawn(qemu.doorbell_vm(&server, &lead_run(20)))
+        .expect("start qemu-system-x86_64 (Debian package qemu-system-x86)");
+    let lead = pingpong_with_our_vm(lead, &server, 20);
     assert!(lead.console.contains("kvmshm-init: exit status 0"), "{}", lead.transcript());
 }
 
@@ -131,7 +138,7 @@ fn a_peer_killed_mid_way_is_announced_gone_and_nobody_hangs() {
     doomed.kill().unwrap();
     doomed.wait().unwrap();
     server.await_log(" left: closed its connection", 2, Duration::from_secs(30));
-    assert!(vm.is_running(), "the VM survived the peer's death");
+    assert!(vm.is_running(), "the VM died with the peer");
 
     let after = kvmshm(&["send", shm, "--socket", socket, "--count", "100", "--wait", "60"]);
     assert_eq!(after.code, Some(0), "{}", after.transcript());

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kvmshm_tests::{Scratch, VmResult, kvmshm, kvmshm_beside_vm, spawn_vm};
+use kvmshm_tests::{Scratch, VmResult, kvmshm, kvmshm_beside_vm, run_vm, spawn_vm};
 use shm_layout::host::MappedFile;
 
 const MIB: u64 = 1 << 20;
@@ -98,7 +98,7 @@ fn a_flipped_byte_fails_the_guest_check_and_the_vmm_status() {
     std::fs::write(&file, &bytes).unwrap();
 
     let shm = shm(&file, "1M", 0);
-    let out = spawn_vm("/bin/kvmshm-demo -- verify --seed 7", &["--shm", &shm]).finish();
+    let out = run_vm("/bin/kvmshm-demo -- verify --seed 7", &["--shm", &shm]);
     assert_eq!(out.code, Some(1), "{}", out.transcript());
     let expected = format!(
         "verify: MISMATCH at offset 0x12345: expected {:#04x}, found {:#04x}",
@@ -143,7 +143,7 @@ fn removing_a_mapped_device_leaves_the_guest_running_and_the_mapping_gone() {
     let scratch = Scratch::new("removal");
     let file = scratch.path("shm");
     let shm = shm(&file, "1M", 0);
-    let out = spawn_vm("/bin/kvmshm-demo -- check-removal", &["--shm", &shm]).finish();
+    let out = run_vm("/bin/kvmshm-demo -- check-removal", &["--shm", &shm]);
     assert_eq!(out.code, Some(0), "{}", out.transcript());
     let line = "check-removal: removed 0000:00:01.0; access to the old mapping: SIGBUS; read after removal: ENODEV";
     assert!(out.console.contains(line), "missing {line:?}\n{}", out.transcript());
@@ -162,7 +162,7 @@ fn the_memory_slot_follows_bar2_when_the_guest_moves_it() {
     // rediscovers the device and assigns its BARs again (moving them once
     // more); the data must be where the guest looks each time.
     let run = "/bin/kvmshm-demo -- move-bar --to=0x200000000 :: verify --seed=5 :: write --procs=2 --records=1000";
-    let out = spawn_vm(run, &["--shm", &shm]).finish();
+    let out = run_vm(run, &["--shm", &shm]);
     assert_eq!(out.code, Some(0), "{}", out.transcript());
     assert!(out.console.contains("BAR2 moved from 0x100000000 to 0x200000000"), "{}", out.transcript());
     assert!(out.log.contains("BAR2 of 00:01.0 mapped at 0x200000000"), "the VMM moved the slot\n{}", out.transcript());
@@ -177,7 +177,7 @@ fn as_many_devices_as_the_bus_takes_each_claimed_by_the_driver() {
     let files: Vec<_> = (0..31).map(|i| scratch.path(&format!("shm{i}"))).collect();
     let shm: Vec<String> = files.iter().enumerate().map(|(i, f)| shm(f, "4K", i as u32)).collect();
     let args: Vec<&str> = shm.iter().flat_map(|s| ["--shm", s.as_str()]).collect();
-    let out = spawn_vm("/bin/kvmshm-demo -- --device=/dev/kvmshm30 check-api", &args).finish();
+    let out = run_vm("/bin/kvmshm-demo -- --device=/dev/kvmshm30 check-api", &args);
     assert_eq!(out.code, Some(0), "{}", out.transcript());
     assert!(out.console.contains("BAR0 and BAR2 of each device claimed: OK"), "{}", out.transcript());
 }

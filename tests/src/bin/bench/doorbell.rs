@@ -159,10 +159,13 @@ fn guest_guest(scratch: &Scratch) -> anyhow::Result<(u64, u64)> {
     let server = IvshmemServer::start(scratch, 1);
     let shm = server.shm_option();
     // One VM a core: this process only waits meanwhile.
-    let lead = vmm("/bin/kvmshm-demo -- pingpong --peer=1 --rounds=1000 --side=0", &["--shm", &shm]);
+    let run = |peer: u16, side: u8| {
+        format!("/bin/kvmshm-demo -- pingpong --peer={peer} --rounds={ROUND_TRIPS} --side={side}")
+    };
+    let lead = vmm(&run(1, 0), &["--shm", &shm]);
     let lead = Running::vmm(on_cpu(lead, 0));
     server.await_log("peer 0 joined", 1, Duration::from_secs(60));
-    let follower = vmm("/bin/kvmshm-demo -- pingpong --peer=0 --rounds=1000 --side=1", &["--shm", &shm]);
+    let follower = vmm(&run(0, 1), &["--shm", &shm]);
     let follower = Running::vmm(on_cpu(follower, 1));
     let (lead, follower) = (lead.finish(), follower.finish());
     if lead.code != Some(0) || follower.code != Some(0) {
@@ -201,7 +204,7 @@ pub fn markdown(d: &DoorbellResults, ns_per_instruction: Option<f64>) -> String 
     }
     md += &row("host process ↔ host process, eventfds (no VM)", &d.host_host_irq);
     md += &format!(
-        "| guest ↔ guest (two VMs, ping-pong with data), interrupts | {}.0 | {}.0 | 1000 |\n",
+        "| guest ↔ guest (two VMs, ping-pong with data), interrupts | {}.0 | {}.0 | {ROUND_TRIPS} |\n",
         d.guest_guest_irq_us.0, d.guest_guest_irq_us.1
     );
     if let Some(ns) = ns_per_instruction {

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kvmshm_tests::{Qemu, Running, Scratch, host_binary, image_file};
+use kvmshm_tests::{Qemu, Running, Scratch, image_file, vmm_with};
 use shm_layout::host::MappedFile;
 use shm_layout::stream::{Direction, Stream};
 
@@ -217,8 +217,6 @@ fn consume(stream: &Stream, what: &str) -> anyhow::Result<f64> {
     Ok(gbps(stream.total() * stream.chunk_len() as u64, start.elapsed()))
 }
 
-/// Keeps the calling thread on one CPU, so that the two sides of every
-/// measurement run on different cores, the same ones each time.
 /// `cmd`, to run on `cpu` (the VMs run on CPU 0, this process on CPU 1).
 pub fn on_cpu(mut cmd: Command, cpu: usize) -> Command {
     // SAFETY: the hook only calls sched_setaffinity, which is async-signal-safe.
@@ -231,6 +229,8 @@ pub fn on_cpu(mut cmd: Command, cpu: usize) -> Command {
     cmd
 }
 
+/// Keeps the calling thread on one CPU, so that the two sides of every
+/// measurement run on different cores, the same ones each time.
 fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
     // sched_setaffinity only read and write that set.
@@ -302,11 +302,8 @@ fn run_vm(scratch: &Scratch, total_mib: u64, round_trips: u64) -> anyhow::Result
          bench --chunk-kib={} --slots={SLOTS} --total-mib={total_mib}",
         CHUNK >> 10
     );
-    let mut cmd = Command::new(host_binary("vmm"));
-    cmd.arg("--kernel").arg(image_file("vmlinux")).arg("--initrd").arg(image_file("initramfs.cpio"));
-    cmd.arg("--shm").arg(format!("path={},size={ring_size}", ring.display()));
-    cmd.arg("--shm").arg(format!("path={},size=64M,id=1", speed.display()));
-    cmd.arg("--cmdline").arg(&run).env("RUST_LOG", "info");
+    let shm = [format!("path={},size={ring_size}", ring.display()), format!("path={},size=64M,id=1", speed.display())];
+    let cmd = vmm_with(&image_file("initramfs.cpio"), &run, &["--shm", &shm[0], "--shm", &shm[1]]);
     let mut vm = Running::spawn(on_cpu(cmd, 0)).context("the VMM")?;
     vm.wait_for(START_MARKER, Duration::from_secs(600)).map_err(anyhow::Error::msg)?;
 
@@ -372,9 +369,7 @@ fn boot(cmd: Command, what: &str) -> anyhow::Result<(Duration, Duration, String)
 
 /// Our VMM booting the image without devices, as QEMU's microvm does.
 fn boot_ours() -> anyhow::Result<Boot> {
-    let mut cmd = Command::new(host_binary("vmm"));
-    cmd.arg("--kernel").arg(image_file("vmlinux")).arg("--initrd").arg(image_file("initramfs.cpio"));
-    cmd.args(["--memory", BOOT_MEMORY_MIB, "--cmdline", BOOT_RUN]).env("RUST_LOG", "info");
+    let cmd = vmm_with(&image_file("initramfs.cpio"), BOOT_RUN, &["--memory", BOOT_MEMORY_MIB]);
     let (to_init, process, log) = boot(cmd, "the VMM")?;
     let ns_per_instruction = log
         .lines()
@@ -392,15 +387,8 @@ fn boot_ours() -> anyhow::Result<Boot> {
 /// microvm has only when asked for: without it, Linux falls back to jumping
 /// to the firmware, which starts the freed kernel again.
 fn boot_qemu(setup: &Qemu, ours: &Boot) -> anyhow::Result<Boot> {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-M", "microvm", "-enable-kvm", "-cpu", &setup.cpu, "-m", BOOT_MEMORY_MIB, "-smp", "1"])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio", "-device", "i8042"])
-        .arg("-kernel")
-        .arg(image_file("vmlinux"))
-        .arg("-initrd")
-        .arg(image_file("initramfs.cpio"))
-        .arg("-append")
-        .arg(format!("console=ttyS0 reboot=k panic=-1 quiet {} {BOOT_RUN}", setup.flags));
+    let mut cmd = setup.command("microvm", BOOT_MEMORY_MIB, BOOT_RUN);
+    cmd.args(["-device", "i8042"]);
     let (to_init, process, _) = boot(cmd, "qemu-system-x86_64 (Debian package qemu-system-x86)")?;
     Ok(Boot { to_init_s: to_init.as_secs_f64(), process_s: process.as_secs_f64(), ..*ours })
 }
