@@ -206,34 +206,34 @@ impl Doorbell {
     }
 
     /// Takes the server's messages: ioeventfds for peers that joined, none
-    /// for those that left.
-    fn update_peers(&mut self) -> Result<(), Error> {
-        let changes = match self.peer.update() {
-            Ok(changes) => changes,
-            Err(e) => {
-                limited!(self.log, Level::Warn, "ivshmem server connection: {e}");
-                return Ok(());
-            }
-        };
-        for change in changes {
-            match change {
+    /// for those that left. A change KVM refuses (it takes a bounded number
+    /// of ioeventfds) is logged, and the others still apply. The server
+    /// decides how often these happen, so their lines are rate-limited too.
+    fn update_peers(&mut self) {
+        for change in self.peer.update() {
+            let id = self.id();
+            let applied = match change {
                 Change::Joined(peer) => {
-                    info!("ivshmem-doorbell peer {}: peer {peer} joined", self.id());
-                    self.add_ioevents(peer)?;
+                    limited!(self.log, Level::Info, "ivshmem-doorbell peer {id}: peer {peer} joined");
+                    self.add_ioevents(peer)
                 }
                 Change::Left(peer) => {
-                    info!("ivshmem-doorbell peer {}: peer {peer} left", self.id());
-                    self.remove_ioevents(|p| p == peer)?;
+                    limited!(self.log, Level::Info, "ivshmem-doorbell peer {id}: peer {peer} left");
+                    self.remove_ioevents(|p| p == peer)
                 }
                 Change::Refused { what, value } => {
                     limited!(self.log, Level::Warn, "ivshmem server sent {what} ({value}): ignored");
+                    Ok(())
                 }
                 Change::ServerGone => {
-                    info!("ivshmem-doorbell peer {}: the server is gone; peers can still ring each other", self.id());
+                    info!("ivshmem-doorbell peer {id}: the server is gone; peers can still ring each other");
+                    Ok(())
                 }
+            };
+            if let Err(e) = applied {
+                limited!(self.log, Level::Warn, "ivshmem-doorbell peer {id}: {e}");
             }
         }
-        Ok(())
     }
 
     /// Takes the rings on vector `v`'s eventfd while the device's thread
@@ -298,7 +298,7 @@ pub fn service<D: HasDoorbell>(device: &Mutex<D>, timeout_ms: i32) -> std::io::R
     let Some(doorbell) = d.doorbell_mut() else { return Ok(false) };
     let result = (|| {
         if ready[0] {
-            doorbell.update_peers()?;
+            doorbell.update_peers();
         }
         if ready[1] {
             let _ = doorbell.wake.read();

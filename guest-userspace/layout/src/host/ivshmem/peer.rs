@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::wire::{Receiver, poll_readable};
-use super::{Error, PROTOCOL_VERSION};
+use super::{Error, MAX_VECTORS, PROTOCOL_VERSION};
 
 /// How long set-up waits for each of the server's first messages.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,6 +20,10 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// long passes without another, the client has all its vectors (the
 /// protocol does not say how many there are).
 const SETTLE: Duration = Duration::from_millis(100);
+/// Messages [`Peer::update`] takes at most per call, so that a server that
+/// floods its clients cannot hold a caller (the VMM's device thread, with
+/// the device locked) in the loop: what is left waits for the next call.
+const UPDATE_BATCH: usize = 64;
 
 /// What a peer's server connection told it since it last asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,10 +32,12 @@ pub enum Change {
     Joined(u16),
     /// A peer left: its eventfds are closed.
     Left(u16),
-    /// The server closed the connection: no more joins or leaves.
+    /// The server closed the connection, or sent what cannot be read (see
+    /// [`Change::Refused`] before it): no more joins or leaves.
     ServerGone,
     /// The server sent something the protocol does not allow (`what`, for
-    /// the peer id `value`): dropped, with any descriptor it carried.
+    /// the number `value` the message carried): dropped, with any
+    /// descriptor it carried.
     Refused { what: &'static str, value: i64 },
 }
 
@@ -101,14 +107,22 @@ impl Peer {
                 break;
             };
             let peer = u16::try_from(value).map_err(|_| Error::Protocol { what: "a peer id out of range", value })?;
-            match fd {
-                Some(fd) if peer == id => own.push(eventfd(fd)),
-                Some(fd) => peers.entry(peer).or_default().push(eventfd(fd)),
+            // No server gives more vectors: our files stay bounded.
+            let fds = match fd {
+                Some(_) if peer == id => &mut own,
+                Some(_) => peers.entry(peer).or_default(),
                 None => {
                     peers.remove(&peer);
+                    continue;
                 }
+            };
+            if fds.len() == MAX_VECTORS {
+                return Err(Error::Vectors { vectors: MAX_VECTORS + 1 });
             }
+            fds.extend(fd.map(eventfd));
         }
+        // Every peer has as many vectors as this one (as in `update`).
+        peers.values_mut().for_each(|fds| fds.truncate(own.len()));
         socket.set_read_timeout(None)?;
         socket.set_nonblocking(true)?;
         Ok(Self { id, memory, own, peers, socket, receiver, server_gone: false })
@@ -160,10 +174,16 @@ impl Peer {
         Ok(())
     }
 
-    /// Takes the server's messages that have arrived: peers joining and leaving.
-    pub fn update(&mut self) -> Result<Vec<Change>, Error> {
+    /// Takes the server's messages that have arrived, at most
+    /// [`UPDATE_BATCH`] of them: peers joining and leaving. A message that
+    /// cannot be read (the connection is then out of step with the server)
+    /// ends the connection as if the server had closed it.
+    pub fn update(&mut self) -> Vec<Change> {
         let mut changes = Vec::new();
-        while !self.server_gone {
+        for _ in 0..UPDATE_BATCH {
+            if self.server_gone {
+                break;
+            }
             match self.receiver.recv(&self.socket) {
                 Ok(None) => break,
                 Ok(Some((value, fd))) => match (u16::try_from(value), fd) {
@@ -187,15 +207,18 @@ impl Peer {
                         }
                     }
                 },
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                        let value = e.raw_os_error().unwrap_or(0).into();
+                        changes.push(Change::Refused { what: "a message that cannot be read (OS error)", value });
+                    }
                     self.server_gone = true;
                     changes.push(Change::ServerGone);
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         changes.dedup();
-        Ok(changes)
+        changes
     }
 
     /// Waits up to `timeout` for rings on this peer's vectors (taking the
@@ -223,7 +246,7 @@ impl Peer {
                 }
             }
             if ready.get(self.own.len()).copied().unwrap_or(false) {
-                self.update()?;
+                self.update();
             }
             if !rings.is_empty() || left.is_zero() {
                 return Ok(rings);
