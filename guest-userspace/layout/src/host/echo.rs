@@ -252,16 +252,18 @@ impl<'a> EchoClient<'a> {
                 _ => {}
             }
             let waited = start.elapsed();
+            let spinning = self.doorbell.is_none() && waited < SPIN_FOR;
             if waited >= self.timeout {
                 return Err(Error::Timeout { seq, timeout: self.timeout });
+            } else if !spinning && super::sigbus::faulted_at(self.mailbox.region.base()) {
+                // The file shrank: the mailbox reads zeros from now on.
+                return Err(Error::MappingLost);
             } else if let Some((peer, _)) = &mut self.doorbell {
                 // The server rings after each answer; a ring taken early
                 // (for an answer already read) only makes one pass more.
                 peer.wait((self.timeout - waited).min(IDLE_WAKE))?;
-            } else if waited < SPIN_FOR {
+            } else if spinning {
                 spin_loop();
-            } else if super::sigbus::faulted_at(self.mailbox.region.base()) {
-                return Err(Error::MappingLost);
             } else {
                 std::thread::sleep(POLL_EVERY);
             }

@@ -23,6 +23,17 @@ struct Slot {
     faulted: AtomicBool,
 }
 
+impl Slot {
+    /// The mapping this slot registers: none while it is free (start 0) or
+    /// being filled in (start `usize::MAX`). Only loads: the signal
+    /// handler uses it.
+    fn live_range(&self) -> Option<std::ops::Range<usize>> {
+        let start = self.start.load(Ordering::Acquire);
+        let len = self.len.load(Ordering::Relaxed);
+        (start != 0 && start != usize::MAX).then(|| start..start.saturating_add(len))
+    }
+}
+
 static REGISTRY: [Slot; SLOTS] =
     [const { Slot { start: AtomicUsize::new(0), len: AtomicUsize::new(0), faulted: AtomicBool::new(false) } }; SLOTS];
 /// The `SIGBUS` action before ours, for faults that are not ours.
@@ -68,12 +79,7 @@ impl Drop for Guard {
 /// Whether a fault hit the registered mapping that holds `addr`.
 pub fn faulted_at(addr: *const u8) -> bool {
     let addr = addr as usize;
-    REGISTRY.iter().any(|s| {
-        let start = s.start.load(Ordering::Acquire);
-        start != usize::MAX
-            && (start..start.saturating_add(s.len.load(Ordering::Relaxed))).contains(&addr)
-            && s.faulted.load(Ordering::Acquire)
-    })
+    REGISTRY.iter().any(|s| s.live_range().is_some_and(|r| r.contains(&addr)) && s.faulted.load(Ordering::Acquire))
 }
 
 fn install() {
@@ -97,11 +103,8 @@ extern "C" fn on_sigbus(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     // SAFETY: the kernel passes a valid siginfo_t; for SIGBUS si_addr is set.
     let addr = unsafe { (*info).si_addr() } as usize;
     for slot in &REGISTRY {
-        let start = slot.start.load(Ordering::Acquire);
-        let len = slot.len.load(Ordering::Relaxed);
-        if start == 0 || start == usize::MAX || !(start..start.saturating_add(len)).contains(&addr) {
-            continue;
-        }
+        let Some(range) = slot.live_range().filter(|r| r.contains(&addr)) else { continue };
+        let (start, len) = (range.start, range.len());
         // SAFETY: the range is a registered mapping of this process, which
         // its owner unmaps only after unregistering it; MAP_FIXED replaces
         // all of it (no split of the mapping, which hugetlbfs would refuse)
