@@ -24,7 +24,7 @@ use kernel::{
         atomic::{Atomic, Relaxed},
         Arc, CondVar, CondVarTimeoutResult, SpinLockIrq,
     },
-    time::msecs_to_jiffies,
+    time::{Jiffies, msecs_to_jiffies},
 };
 
 /// The most vectors a device gets: `KVMSHM_IOC_WAIT` takes them as a 64-bit mask.
@@ -153,8 +153,8 @@ impl Doorbell {
     /// updates `seen`. (Two waits on one open file at once may both report an interrupt.)
     pub(crate) fn wait(&self, seen: &[Atomic<u64>], mask: u64, timeout_ms: u32) -> Result<u64> {
         let mask = if mask == 0 { u64::MAX } else { mask };
-        let forever = timeout_ms == u32::MAX;
-        let mut jiffies = msecs_to_jiffies(timeout_ms);
+        // The condition variable sleeps without limit for a count of jiffies too large for it.
+        let mut jiffies = if timeout_ms == u32::MAX { Jiffies::MAX } else { msecs_to_jiffies(timeout_ms) };
         let mut state = self.state.lock();
         loop {
             if state.gone {
@@ -169,12 +169,6 @@ impl Doorbell {
             }
             if fired != 0 {
                 return Ok(fired);
-            }
-            if forever {
-                if self.changed.wait_interruptible(&mut state) {
-                    return Err(EINTR);
-                }
-                continue;
             }
             match self.changed.wait_interruptible_timeout(&mut state, jiffies) {
                 CondVarTimeoutResult::Timeout => return Err(ETIMEDOUT),
@@ -240,14 +234,18 @@ impl<'a> Interrupts<'a> {
         for vector in 0..this._vectors.len() {
             let irq = kernel::irq::IrqRequest::from(this._vectors.index(vector)?).irq();
             let cookie = KBox::new(Cookie { doorbell: doorbell.clone(), vector }, GFP_KERNEL)?;
+            // The cookie is in `handlers` before its handler is requested: a failure after the
+            // request cannot free it under a live handler. (The box keeps its address.)
             let ptr = core::ptr::from_ref::<Cookie>(&cookie).cast_mut().cast::<c_void>();
+            this.handlers.push((irq, cookie), GFP_KERNEL)?;
             // SAFETY: `irq` is a vector of this device; `kvmshm_irq` only uses the cookie, which
             // lives in `handlers` until the handler is freed. The name is static.
             let ret = unsafe { bindings::request_irq(irq, Some(kvmshm_irq), 0, c"kvmshm".as_char_ptr(), ptr) };
-            kernel::error::to_result(ret)?;
-            // INVARIANT: requested just now with this cookie's address; `push` cannot fail, as
-            // the vector has room for every vector.
-            this.handlers.push((irq, cookie), GFP_KERNEL)?;
+            if let Err(e) = kernel::error::to_result(ret) {
+                // INVARIANT: only entries whose handler was requested stay in `handlers`.
+                this.handlers.pop();
+                return Err(e);
+            }
         }
         Ok(this)
     }
