@@ -122,10 +122,6 @@ impl Vcpu {
         Ok(Self { fd, kicker: Kicker::for_this_thread()?, profiler: None, emulator_log: LogLimit::new("emulator") })
     }
 
-    pub fn fd(&self) -> &VcpuFd {
-        &self.fd
-    }
-
     pub fn kicker(&self) -> Kicker {
         self.kicker.clone()
     }

@@ -161,9 +161,8 @@ impl Vm {
         let serial =
             Arc::new(Mutex::new(SerialPort::new(serial_irq, ConsoleOutput::new(std::io::stdout(), report.clone()))));
         devices.add_port_device(serial.clone(), legacy::COM1, legacy::COM1_LEN)?;
-        let mut files = Vec::new();
         for shared in shared {
-            files.push(shared.memory().clone());
+            let (path, size) = (shared.memory().path().display().to_string(), shared.memory().size());
             let (what, slot) = match shared {
                 Shared::Plain { memory, id } => (format!("ivshmem-plain {id}"), devices.add_ivshmem(memory, id)?),
                 Shared::Server { memory, peer } => {
@@ -171,11 +170,10 @@ impl Vm {
                     (what, devices.add_ivshmem_doorbell(memory, peer)?)
                 }
             };
-            let memory = files.last().expect("just pushed");
-            info!("{what}: {} ({} bytes) at 00:{slot:02x}.0", memory.path().display(), memory.size());
+            info!("{what}: {path} ({size} bytes) at 00:{slot:02x}.0");
         }
         devices.start_doorbell_threads()?;
-        let watch = ShrinkWatch::start(files, vcpu.kicker()).map_err(Error::Threads)?;
+        let watch = ShrinkWatch::start(devices.backing_files(), vcpu.kicker()).map_err(Error::Threads)?;
 
         Ok(Self { vcpu, devices, mem, watch, report, serial })
     }
