@@ -14,7 +14,7 @@ use vm_memory::FileOffset;
 use vm_memory::mmap::{MmapRegion, MmapRegionError};
 
 use crate::lock;
-use crate::vcpu::Kicker;
+use crate::vcpu::Kickers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -152,9 +152,9 @@ pub struct Shrunk {
 /// truncate a file under the running guest; the guest's next access to a
 /// missing page then fails inside KVM, which on some hosts retries it
 /// forever instead of returning an error. When a file is found short, the
-/// watch records it and stops the vCPU (see [`Kicker::request_stop`]); if
-/// the vCPU does not stop within [`ShrinkWatch::GIVE_UP`], it ends the
-/// process with the same message.
+/// watch records it and stops the vCPUs (see [`Kickers::request_stop`]); if
+/// the VM is not done within [`ShrinkWatch::GIVE_UP`], it ends the process
+/// with the same message.
 pub struct ShrinkWatch {
     files: Vec<Arc<BackingFile>>,
     found: Arc<Mutex<Option<Shrunk>>>,
@@ -166,7 +166,7 @@ impl ShrinkWatch {
     pub const POLL: Duration = Duration::from_millis(100);
     pub const GIVE_UP: Duration = Duration::from_secs(3);
 
-    pub fn start(files: Vec<Arc<BackingFile>>, kicker: Kicker) -> io::Result<Self> {
+    pub fn start(files: Vec<Arc<BackingFile>>, kickers: Kickers) -> io::Result<Self> {
         let found = Arc::new(Mutex::new(None));
         let done = Arc::new(AtomicBool::new(false));
         let (watched, found_by_thread, done_for_thread) = (files.clone(), found.clone(), done.clone());
@@ -174,7 +174,7 @@ impl ShrinkWatch {
             while !done_for_thread.load(Ordering::SeqCst) {
                 if let Some(shrunk) = scan(&watched) {
                     *lock(&found_by_thread) = Some(shrunk.clone());
-                    stop_vcpu(&kicker, &shrunk, &done_for_thread);
+                    stop_vcpus(&kickers, &shrunk, &done_for_thread);
                     return;
                 }
                 std::thread::park_timeout(Self::POLL);
@@ -196,20 +196,19 @@ fn scan(files: &[Arc<BackingFile>]) -> Option<Shrunk> {
     })
 }
 
-fn stop_vcpu(kicker: &Kicker, shrunk: &Shrunk, done: &AtomicBool) {
+fn stop_vcpus(kickers: &Kickers, shrunk: &Shrunk, done: &AtomicBool) {
+    kickers.request_stop();
     let start = Instant::now();
     while !done.load(Ordering::SeqCst) {
         if start.elapsed() > ShrinkWatch::GIVE_UP {
             eprintln!(
-                "vmm: the backing file {} shrank to {} bytes while the guest ran (its device maps {}), and the vCPU did not stop; exiting",
+                "vmm: the backing file {} shrank to {} bytes while the guest ran (its device maps {}), and the vCPUs did not stop; exiting",
                 shrunk.path.display(),
                 shrunk.now,
                 shrunk.size
             );
             std::process::exit(crate::VMM_FAILURE.into());
         }
-        // Repeated: a kick that lands just before the vCPU enters KVM_RUN is lost.
-        kicker.request_stop();
         std::thread::park_timeout(ShrinkWatch::POLL);
     }
 }

@@ -1,5 +1,6 @@
 //! Loading Linux: the ELF vmlinux at its own address, the initramfs at the
-//! top of RAM, the command line and the zero page of the 64-bit boot protocol.
+//! top of RAM below 4 GiB, the command line and the zero page of the 64-bit
+//! boot protocol.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -55,14 +56,16 @@ pub struct Initrd {
     pub size: u64,
 }
 
-/// Places the initramfs page-aligned at the top of RAM, as boot loaders do.
+/// Places the initramfs page-aligned at the top of RAM below 4 GiB (the
+/// zero page's address of it has 32 bits), as boot loaders do.
 pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, ram_size: u64, kernel: &Kernel) -> Result<Initrd, Error> {
     let data = std::fs::read(path).map_err(|source| Error::InitrdOpen { path: path.into(), source })?;
     let size = data.len() as u64;
     let too_big = || Error::InitrdTooBig { path: path.into(), size, kernel_end: kernel.end };
-    let addr = ram_size.checked_sub(size).ok_or_else(too_big)? & !0xfff;
+    let top = ram_size.min(layout::LOW_RAM_END);
+    let addr = top.checked_sub(size).ok_or_else(too_big)? & !0xfff;
     // Keep a quarter of RAM above the kernel free for the kernel's own early allocations.
-    if addr < kernel.end + (ram_size - kernel.end) / 4 {
+    if addr < kernel.end + (top - kernel.end) / 4 {
         return Err(too_big());
     }
     mem.write_slice(&data, GuestAddress(addr)).map_err(Error::InitrdWrite)?;
@@ -102,11 +105,12 @@ pub fn write_boot_params(
         hdr.ramdisk_image = initrd.addr as u32;
         hdr.ramdisk_size = initrd.size as u32;
     }
-    let e820 = [
-        (0, layout::MPTABLE, E820_RAM),
-        (layout::MPTABLE, layout::EBDA_END - layout::MPTABLE, E820_RESERVED),
-        (layout::HIGH_RAM, ram_size - layout::HIGH_RAM, E820_RAM),
-    ];
+    let mut e820 =
+        vec![(0, layout::MPTABLE, E820_RAM), (layout::MPTABLE, layout::EBDA_END - layout::MPTABLE, E820_RESERVED)];
+    for r in layout::ram_ranges(ram_size) {
+        let start = r.start.max(layout::HIGH_RAM);
+        e820.push((start, r.end - start, E820_RAM));
+    }
     for (i, &(addr, size, type_)) in e820.iter().enumerate() {
         params.e820_table[i] = boot_e820_entry { addr, size, r#type: type_ };
     }

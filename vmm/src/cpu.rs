@@ -1,7 +1,10 @@
 //! x86-64 vCPU state at boot: long mode with an identity map of the first
 //! GiB, CPUID, MSRs, FPU and the local APIC's LINT pins.
 
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment};
+use kvm_bindings::{
+    CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry,
+    kvm_regs, kvm_segment,
+};
 use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -11,6 +14,8 @@ use crate::layout;
 pub enum Error {
     #[error("KVM {what}")]
     Kvm { what: &'static str, source: kvm_ioctls::Error },
+    #[error("the CPUID table has more entries than KVM takes")]
+    CpuidTooLong,
     #[error("writing the boot page tables or GDT")]
     Memory(#[from] vm_memory::GuestMemoryError),
 }
@@ -86,21 +91,71 @@ pub fn setup_long_mode(mem: &GuestMemoryMmap, vcpu: &VcpuFd, entry: u64, rsi: u6
     Ok(())
 }
 
-/// The CPUID KVM supports, with what a VMM adds: this vCPU's APIC ID and
-/// the hypervisor bit (so the guest looks for kvm-clock).
-pub fn cpuid(kvm_fd: &Kvm, vcpu_id: u8) -> Result<CpuId, Error> {
-    let mut cpuid = kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("get supported CPUID"))?;
-    for e in cpuid.as_mut_slice() {
+/// What every vCPU of a VM shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    pub cpus: u8,
+    /// Whether the guest may use KVM's paravirtual features that make
+    /// hypercalls (see [`crate::host::HostKvm::hypercalls_fail`]).
+    pub hypercalls: bool,
+}
+
+/// KVM's paravirtual features (CPUID 0x40000001 EAX) that Linux uses
+/// through hypercalls: PV_UNHALT, PV_SEND_IPI, PV_SCHED_YIELD.
+const KVM_HYPERCALL_FEATURES: u32 = (1 << 7) | (1 << 11) | (1 << 13);
+
+/// A CPUID vendor string as leaf 0 returns it in EBX, EDX, ECX.
+pub fn vendor(name: &[u8; 12]) -> [u32; 3] {
+    let word = |i: usize| u32::from_le_bytes(name[i..i + 4].try_into().expect("4 bytes"));
+    [word(0), word(4), word(8)]
+}
+
+/// The CPUID KVM supports, with what a VMM adds: the hypervisor bit (so
+/// the guest looks for kvm-clock) and a topology of `config.cpus` cores in
+/// one package, one thread each, this vCPU's APIC ID being `vcpu_id`. The
+/// topology is said the ways Linux reads it: leaf 0xB (Intel), leaf
+/// 0x80000008's core count with TOPOEXT off (AMD, where KVM's leaf
+/// 0x8000001E would give every CPU APIC ID 0), and leaf 1's count.
+pub fn cpuid(kvm_fd: &Kvm, vcpu_id: u8, config: &Config) -> Result<CpuId, Error> {
+    const HTT: u32 = 1 << 28;
+    const HYPERVISOR: u32 = 1 << 31;
+    const TOPOEXT: u32 = 1 << 22;
+    const LEVEL_SMT: u32 = 1 << 8;
+    const LEVEL_CORE: u32 = 2 << 8;
+    let supported = kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("get supported CPUID"))?;
+    let (id, n) = (u32::from(vcpu_id), u32::from(config.cpus));
+    // Bits of the APIC ID that number the cores.
+    let core_bits = n.next_power_of_two().trailing_zeros();
+    let mut entries: Vec<_> =
+        supported.as_slice().iter().filter(|e| e.function != 0xb && e.function != 0x1f).copied().collect();
+    for e in &mut entries {
         match e.function {
             1 => {
-                e.ebx = (e.ebx & 0x00ff_ffff) | (u32::from(vcpu_id) << 24);
-                e.ecx |= 1 << 31;
+                e.ebx = (e.ebx & 0x0000_ffff) | (id << 24) | (n << 16);
+                e.ecx |= HYPERVISOR;
+                e.edx = if n > 1 { e.edx | HTT } else { e.edx & !HTT };
             }
-            0xb | 0x1f => e.edx = u32::from(vcpu_id),
+            4 => e.eax = (e.eax & 0x03ff_ffff) | ((n - 1) << 26),
+            0x8000_0001 => e.ecx &= !TOPOEXT,
+            0x8000_0008 => e.ecx = (e.ecx & !0xf0ff) | (core_bits << 12) | (n - 1),
+            0x4000_0001 if !config.hypercalls => e.eax &= !KVM_HYPERCALL_FEATURES,
             _ => {}
         }
     }
-    Ok(cpuid)
+    let leaf_b = |index: u32, eax: u32, ebx: u32, ecx: u32| kvm_cpuid_entry2 {
+        function: 0xb,
+        index,
+        flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        eax,
+        ebx,
+        ecx: ecx | index,
+        edx: id,
+        ..Default::default()
+    };
+    entries.push(leaf_b(0, 0, 1, LEVEL_SMT));
+    entries.push(leaf_b(1, core_bits, n, LEVEL_CORE));
+    entries.push(leaf_b(2, 0, 0, 0));
+    CpuId::from_entries(&entries).map_err(|_| Error::CpuidTooLong)
 }
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
@@ -111,8 +166,9 @@ const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 /// honours them, and the guest needs MTRRs on for PAT (write-combining).
 const MTRR_ENABLED_DEFAULT_WB: u64 = (1 << 11) | 6;
 
-pub fn setup(kvm_fd: &Kvm, vcpu: &VcpuFd, vcpu_id: u8) -> Result<(), Error> {
-    vcpu.set_cpuid2(&cpuid(kvm_fd, vcpu_id)?).map_err(kvm("set CPUID"))?;
+/// Sets vCPU `vcpu_id` up as firmware leaves a CPU.
+pub fn setup(kvm_fd: &Kvm, vcpu: &VcpuFd, vcpu_id: u8, config: &Config) -> Result<(), Error> {
+    vcpu.set_cpuid2(&cpuid(kvm_fd, vcpu_id, config)?).map_err(kvm("set CPUID"))?;
     let msr = |index, data| kvm_msr_entry { index, data, ..Default::default() };
     let msrs = Msrs::from_entries(&[
         msr(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),

@@ -63,6 +63,12 @@ impl GuestSpace {
     fn limit(&self) -> u64 {
         1u64.checked_shl(self.phys_bits.into()).unwrap_or(u64::MAX)
     }
+
+    /// Where memory BARs go at boot: the 64-bit PCI window, from the first
+    /// GiB boundary past both RAM and 4 GiB (see [`layout`]).
+    fn mmio64_start(&self) -> u64 {
+        self.ram.iter().map(|r| r.end).fold(layout::RAM_ABOVE_4G, u64::max).next_multiple_of(1 << 30)
+    }
 }
 
 /// Why a BAR cannot be mapped where the guest put it.
@@ -153,13 +159,13 @@ impl DeviceManager {
         pio.insert(Arc::new(Mutex::new(ResetPort)), legacy::I8042.into(), legacy::I8042_LEN.into())?;
         pio.insert(pci.clone(), pci::CONFIG_ADDRESS_PORT, pci::CONFIG_PORTS_LEN)?;
         Ok(Self {
+            next_memory_bar: space.mmio64_start(),
             space,
             hypervisor,
             pio,
             mmio: Bus::new("MMIO"),
             pci,
             ivshmem: Vec::new(),
-            next_memory_bar: layout::PCI_MMIO64_START,
             doorbell_threads: Vec::new(),
         })
     }

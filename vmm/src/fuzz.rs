@@ -299,7 +299,7 @@ impl Harness {
     pub fn new() -> Self {
         let space = GuestSpace {
             ram: vec![Range { start: 0, end: RAM }],
-            reserved: vec![(layout::IOAPIC..layout::PCI_MMIO64_START, "the APICs")],
+            reserved: vec![(layout::IOAPIC..layout::RAM_ABOVE_4G, "the APICs")],
             phys_bits: PHYS_BITS,
         };
         let kvm = Arc::new(ModelHypervisor::default());
@@ -358,7 +358,7 @@ impl Harness {
             Target::PastLimit => (1 << PHYS_BITS) - size / 2,
             Target::AllOnes => u64::MAX,
             Target::Window32(n) => layout::PCI_MMIO32_START + u64::from(n) * 0x100,
-            Target::Window64(n) => layout::PCI_MMIO64_START + u64::from(n) * 4096,
+            Target::Window64(n) => layout::RAM_ABOVE_4G + u64::from(n) * 4096,
             Target::Any(a) => a,
         }
     }
@@ -479,7 +479,7 @@ impl Harness {
                 (Some(m), d) if Some(m) != d => return Err(format!("{} mapped at {m:#x} but decodes at {d:x?}", b.id)),
                 (Some(m), _) => {
                     let end = m.checked_add(b.size).ok_or(format!("{} wraps", b.id))?;
-                    if m < RAM || end > limit || (m < layout::PCI_MMIO64_START && end > layout::IOAPIC) {
+                    if m < RAM || end > limit || (m < layout::RAM_ABOVE_4G && end > layout::IOAPIC) {
                         return Err(format!("{} mapped at {m:#x} over RAM, the APICs or past the limit", b.id));
                     }
                     mapped.push((m, end, b));

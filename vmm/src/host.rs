@@ -7,11 +7,13 @@
 //! stop the guest with an emulation failure. The guest kernel then needs
 //! command-line flags that keep it off those instructions.
 
-use std::time::Instant;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
-use kvm_ioctls::{Kvm, VcpuExit};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::vcpu::Kicker;
 use crate::{cpu, memory};
 
 /// The flags that keep Linux off the instructions the emulator lacks, then
@@ -40,6 +42,8 @@ pub enum Error {
     Code(#[from] vm_memory::GuestMemoryError),
     #[error("host probe VM: unexpected exit {0}")]
     Exit(String),
+    #[error("host probe VM: its watchdog")]
+    Watchdog(#[source] std::io::Error),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,6 +52,12 @@ pub struct HostKvm {
     pub kernel_ns_per_instruction: f64,
     /// Whether `popcnt` at CPL0 stopped the probe with an emulation failure.
     pub kernel_popcnt_fails: bool,
+    /// Whether the hypercall instruction Linux uses on this CPU's vendor
+    /// failed at CPL0: KVM's emulator rewrites it in guest memory when it
+    /// prefers another (in a guest kernel's read-only text that write
+    /// faults, and the kernel oopses), or did not finish it. The guest must
+    /// then make no hypercalls.
+    pub hypercalls_fail: bool,
 }
 
 /// Hardware runs a loop iteration in about a nanosecond; the emulator in about
@@ -79,6 +89,11 @@ const CODE: u64 = 0x1000;
 const LOOP_ITERATIONS: u32 = 4_000;
 const PROBE_LOOPS: usize = 5;
 const POPCNT: u64 = 0x1010;
+const HYPERCALL: u64 = 0x1020;
+/// A hypercall number KVM does not know: it answers -KVM_ENOSYS and does nothing.
+const UNKNOWN_HYPERCALL: u32 = 0xffff;
+/// A hypercall takes microseconds; one that has not returned by then never will.
+const HYPERCALL_LIMIT: Duration = Duration::from_millis(100);
 
 pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
     let vm = kvm.create_vm()?;
@@ -90,6 +105,13 @@ pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
     mem.write_slice(&code, GuestAddress(CODE))?;
     // popcnt rax, rbx; hlt
     mem.write_slice(&[0xf3, 0x48, 0x0f, 0xb8, 0xc3, 0xf4], GuestAddress(POPCNT))?;
+    // mov eax, UNKNOWN_HYPERCALL; vmcall or vmmcall; hlt
+    let hypercall = hypercall_instruction(kvm)?;
+    let mut code = vec![0xb8];
+    code.extend_from_slice(&UNKNOWN_HYPERCALL.to_le_bytes());
+    code.extend_from_slice(&hypercall);
+    code.push(0xf4);
+    mem.write_slice(&code, GuestAddress(HYPERCALL))?;
 
     let mut vcpu = vm.create_vcpu(0)?;
     cpu::setup_long_mode(&mem, &vcpu, CODE, 0)?;
@@ -118,9 +140,50 @@ pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
         VcpuExit::InternalError => true,
         other => return Err(Error::Exit(format!("{other:?} after popcnt"))),
     };
+
+    let mut regs = vcpu.get_regs()?;
+    regs.rip = HYPERCALL;
+    vcpu.set_regs(&regs)?;
+    let finished = run_bounded(&mut vcpu, HYPERCALL_LIMIT)?;
+    let mut after = [0u8; 3];
+    mem.read_slice(&mut after, GuestAddress(HYPERCALL + 5))?;
     drop(vm);
     drop(mem);
-    Ok(HostKvm { kernel_ns_per_instruction: ns, kernel_popcnt_fails: popcnt_fails })
+    Ok(HostKvm {
+        kernel_ns_per_instruction: ns,
+        kernel_popcnt_fails: popcnt_fails,
+        hypercalls_fail: !finished || after != hypercall,
+    })
+}
+
+/// Runs `vcpu` to its next exit, interrupting it after `limit`; returns
+/// whether it stopped at a HLT in time.
+fn run_bounded(vcpu: &mut VcpuFd, limit: Duration) -> Result<bool, Error> {
+    let kicker = Kicker::for_this_thread().map_err(Error::Watchdog)?;
+    let (done, wait) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if wait.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
+            kicker.kick();
+        }
+    });
+    let exit = match vcpu.run() {
+        Ok(VcpuExit::Hlt) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(e) if e.errno() == libc::EINTR => Ok(false),
+        Err(e) => Err(Error::Kvm(e)),
+    };
+    let _ = done.send(());
+    let _ = watchdog.join();
+    exit
+}
+
+/// The hypercall instruction Linux uses: VMMCALL on AMD and Hygon CPUs,
+/// VMCALL on others.
+fn hypercall_instruction(kvm: &Kvm) -> Result<[u8; 3], Error> {
+    let cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?;
+    let vendor = cpuid.as_slice().iter().find(|e| e.function == 0).map(|e| [e.ebx, e.edx, e.ecx]);
+    let amd = matches!(vendor, Some(v) if v == cpu::vendor(b"AuthenticAMD") || v == cpu::vendor(b"HygonGenuine"));
+    Ok(if amd { [0x0f, 0x01, 0xd9] } else { [0x0f, 0x01, 0xc1] })
 }
 
 #[cfg(test)]
@@ -129,14 +192,14 @@ mod tests {
 
     #[test]
     fn cmdline_flags_only_where_kernel_code_is_emulated() {
-        let native = HostKvm { kernel_ns_per_instruction: 1.0, kernel_popcnt_fails: false };
+        let native = HostKvm { kernel_ns_per_instruction: 1.0, kernel_popcnt_fails: false, hypercalls_fail: false };
         assert_eq!(native.guest_cmdline(), "");
         assert_eq!(native.qemu_guest_cmdline(), "");
-        let slow = HostKvm { kernel_ns_per_instruction: 900.0, kernel_popcnt_fails: false };
+        let slow = HostKvm { kernel_ns_per_instruction: 900.0, ..native };
         assert_eq!(slow.guest_cmdline(), EMULATED_KERNEL_CMDLINE);
         assert!(slow.qemu_guest_cmdline().starts_with(EMULATED_KERNEL_CMDLINE));
         assert!(slow.qemu_guest_cmdline().ends_with(QEMU_EMULATED_KERNEL_SWITCHES));
-        let gap = HostKvm { kernel_ns_per_instruction: 1.0, kernel_popcnt_fails: true };
+        let gap = HostKvm { kernel_popcnt_fails: true, ..native };
         assert!(gap.kernel_code_emulated());
     }
 }

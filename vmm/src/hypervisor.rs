@@ -53,9 +53,10 @@ const IRQCHIP_GSIS: u32 = 24;
 /// KVM, for the device model of a VM.
 pub struct KvmHypervisor {
     vm: Arc<VmFd>,
-    /// Memory slots of BARs. Slot 0 is RAM; a BAR takes the next free
-    /// number when it is first mapped and keeps it.
+    /// Memory slots of BARs. RAM has the slots below `first_bar_slot`; a
+    /// BAR takes the next free number when it is first mapped and keeps it.
     slots: Mutex<BTreeMap<BarId, u32>>,
+    first_bar_slot: u32,
     /// The MSI routes; KVM_SET_GSI_ROUTING replaces the whole table, so it
     /// is set from here with the irqchip's routes in front.
     routes: Mutex<Routes>,
@@ -69,8 +70,15 @@ struct Routes {
 }
 
 impl KvmHypervisor {
-    pub fn new(vm: Arc<VmFd>) -> Self {
-        Self { vm, slots: Mutex::default(), routes: Mutex::default(), next_gsi: AtomicU32::new(IRQCHIP_GSIS) }
+    /// KVM for `vm`, whose RAM takes memory slots 0 to `ram_slots` - 1.
+    pub fn new(vm: Arc<VmFd>, ram_slots: u32) -> Self {
+        Self {
+            vm,
+            slots: Mutex::default(),
+            first_bar_slot: ram_slots,
+            routes: Mutex::default(),
+            next_gsi: AtomicU32::new(IRQCHIP_GSIS),
+        }
     }
 
     /// KVM's default routing (each GSI below 24 to its IOAPIC pin, and the
@@ -111,7 +119,7 @@ impl KvmHypervisor {
 
     fn set_slot(&self, bar: BarId, guest_addr: u64, host: Option<HostMemory>) -> Result<(), Error> {
         let mut slots = lock(&self.slots);
-        let next = slots.len() as u32 + 1;
+        let next = slots.len() as u32 + self.first_bar_slot;
         let slot = *slots.entry(bar).or_insert(next);
         let region = kvm_userspace_memory_region {
             slot,

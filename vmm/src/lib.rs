@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`vm`] | building the VM (KVM, RAM, boot data, devices) and running it to a status |
 //! | [`vcpu`] | the vCPU loop: exits to device accesses, signals, stops |
+//! | [`vcpus`] | the vCPU threads: started together, stopped together |
 //! | [`emulator`] | finishing instructions that KVM's emulator cannot run |
 //! | [`device_manager`] | devices, buses and BAR mappings, without KVM |
 //! | [`bus`], [`pci`], [`devices`] | the device model |
@@ -33,6 +34,7 @@ pub mod profile;
 pub mod ratelimit;
 pub mod seccomp;
 pub mod vcpu;
+pub mod vcpus;
 pub mod vm;
 
 pub use vm::{ShmConfig, Vm, VmConfig};

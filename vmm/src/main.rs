@@ -12,6 +12,9 @@ use vmm::{ShmConfig, VMM_FAILURE, Vm, VmConfig, seccomp};
 #[derive(Parser)]
 #[command(version)]
 struct Args {
+    /// Virtual CPUs (the guest kernel needs CONFIG_SMP for more than one).
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
     /// The uncompressed ELF vmlinux to boot.
     #[arg(long)]
     kernel: PathBuf,
@@ -32,8 +35,9 @@ struct Args {
     /// Repeat for more devices (at most 31).
     #[arg(long, value_parser = parse_shm)]
     shm: Vec<ShmConfig>,
-    /// Sample the guest's instruction pointer every millisecond and print the
-    /// hottest kernel functions, named from this System.map, at the end.
+    /// Sample the guest's instruction pointer every millisecond on every vCPU
+    /// and print the hottest kernel functions, named from this System.map,
+    /// at the end.
     #[arg(long, value_name = "SYSTEM_MAP")]
     profile_guest: Option<PathBuf>,
     /// Forward standard input to the guest console (for an interactive shell).
@@ -78,19 +82,17 @@ fn run(args: Args) -> anyhow::Result<i32> {
         bail!("{} --shm devices: the PCI bus takes at most {}", args.shm.len(), vmm::pci::MAX_DEVICES);
     }
     let config = VmConfig {
+        cpus: args.cpus,
         kernel: args.kernel,
         initrd: args.initrd,
         memory_mib: args.memory,
         cmdline: args.cmdline,
         shm: args.shm,
+        profile_guest: args.profile_guest,
     };
     let mut vm = Vm::new(&config)?;
     if args.console_input {
         vm.forward_stdin().context("--console-input")?;
-    }
-    if let Some(map) = &args.profile_guest {
-        vm.start_profiler(std::time::Duration::from_millis(1), map)
-            .with_context(|| format!("guest profiler ({})", map.display()))?;
     }
     // Every thread has started: from here on, the allowlist.
     seccomp::apply(args.seccomp)?;

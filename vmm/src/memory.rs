@@ -1,9 +1,11 @@
-//! Guest RAM: anonymous host memory, registered with KVM as memory slot 0
-//! at guest physical address 0.
+//! Guest RAM: anonymous host memory, registered with KVM as memory slots
+//! 0, 1, ..., one per range of [`layout::ram_ranges`].
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::layout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -15,20 +17,30 @@ pub enum Error {
     Slot(#[source] kvm_ioctls::Error),
 }
 
-/// `size` bytes of RAM for `vm`. The caller keeps the memory for as long as
-/// `vm` lives: the slot points into it.
+/// `size` bytes of RAM for `vm`, in [`slots`]`(size)` memory slots from
+/// slot 0. The caller keeps the memory for as long as `vm` lives: the slots
+/// point into it.
 pub fn create_ram(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
-        .map_err(|e| Error::Allocate(size, e))?;
-    let ram = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: size,
-        userspace_addr: mem.get_host_address(GuestAddress(0)).map_err(Error::Address)? as u64,
-        flags: 0,
-    };
-    // SAFETY: the slot points into `mem`'s mapping, which the caller keeps
-    // for as long as `vm` lives (see above); KVM checks the range itself.
-    unsafe { vm.set_user_memory_region(ram) }.map_err(Error::Slot)?;
+    let ranges = layout::ram_ranges(size);
+    let regions: Vec<_> = ranges.iter().map(|r| (GuestAddress(r.start), (r.end - r.start) as usize)).collect();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&regions).map_err(|e| Error::Allocate(size, e))?;
+    for (slot, r) in (0..).zip(&ranges) {
+        let ram = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: r.start,
+            memory_size: r.end - r.start,
+            userspace_addr: mem.get_host_address(GuestAddress(r.start)).map_err(Error::Address)? as u64,
+            flags: 0,
+        };
+        // SAFETY: the slot points into `mem`'s mapping of this range, which
+        // the caller keeps for as long as `vm` lives (see above); KVM checks
+        // the range itself.
+        unsafe { vm.set_user_memory_region(ram) }.map_err(Error::Slot)?;
+    }
     Ok(mem)
+}
+
+/// How many memory slots [`create_ram`] takes for `size` bytes.
+pub fn slots(size: u64) -> u32 {
+    layout::ram_ranges(size).len() as u32
 }

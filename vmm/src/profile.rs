@@ -5,39 +5,55 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::vcpu::Kicker;
+use crate::lock;
+use crate::vcpu::Kickers;
+
+/// How often each guest RIP was sampled; every vCPU records into the same one.
+#[derive(Clone, Default)]
+pub struct Samples(Arc<Mutex<HashMap<u64, u32>>>);
+
+impl Samples {
+    pub fn record(&self, rip: u64) {
+        *lock(&self.0).entry(rip).or_default() += 1;
+    }
+}
 
 pub struct Profiler {
     /// Kernel text symbols by address, read at start (the VMM opens no
     /// files once it runs under its seccomp filter).
     symbols: Vec<(u64, String)>,
-    samples: HashMap<u64, u32>,
+    samples: Samples,
     stop: Arc<AtomicBool>,
     timer: Option<JoinHandle<()>>,
 }
 
 impl Profiler {
-    /// Reads `system_map`, then interrupts the vCPU every `interval`.
-    pub fn start(kicker: Kicker, interval: Duration, system_map: &Path) -> std::io::Result<Self> {
+    /// Reads `system_map`. The vCPUs record into [`Profiler::samples`]
+    /// whenever they are kicked; [`Profiler::start`] kicks them.
+    pub fn new(system_map: &Path) -> std::io::Result<Self> {
         let symbols = read_symbols(system_map)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_timer = stop.clone();
-        let timer = crate::spawn_started("profiler", move || {
-            while !stop_timer.load(Ordering::Relaxed) {
-                std::thread::sleep(interval);
-                kicker.kick();
-            }
-        })?;
-        Ok(Self { symbols, samples: HashMap::new(), stop, timer: Some(timer) })
+        Ok(Self { symbols, samples: Samples::default(), stop: Arc::default(), timer: None })
     }
 
-    pub fn record(&mut self, rip: u64) {
-        *self.samples.entry(rip).or_default() += 1;
+    pub fn samples(&self) -> Samples {
+        self.samples.clone()
+    }
+
+    /// Kicks every vCPU every `interval`, until dropped.
+    pub fn start(&mut self, kickers: Kickers, interval: Duration) -> std::io::Result<()> {
+        let stop = self.stop.clone();
+        self.timer = Some(crate::spawn_started("profiler", move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(interval);
+                kickers.kick();
+            }
+        })?);
+        Ok(())
     }
 
     /// The `top` functions by share of samples (user-space samples are
@@ -45,8 +61,9 @@ impl Profiler {
     pub fn report(&self, top: usize) -> String {
         let symbols = &self.symbols;
         let mut by_function: HashMap<&str, u32> = HashMap::new();
-        let total: u32 = self.samples.values().sum();
-        for (&rip, &n) in &self.samples {
+        let samples = lock(&self.samples.0);
+        let total: u32 = samples.values().sum();
+        for (&rip, &n) in samples.iter() {
             let name = if rip < 1 << 63 {
                 "(guest user space)"
             } else {
@@ -116,11 +133,11 @@ mod tests {
         .unwrap();
         let symbols = read_symbols(&map).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        let mut profiler = Profiler { symbols, samples: HashMap::new(), stop: Arc::default(), timer: None };
+        let profiler = Profiler { symbols, samples: Samples::default(), stop: Arc::default(), timer: None };
         for rip in
             [0xffff_ffff_8100_0180, 0xffff_ffff_8157_8530, 0xffff_ffff_a000_1000, 0xffff_ffff_a000_2000, 0x40_0000]
         {
-            profiler.record(rip);
+            profiler.samples().record(rip);
         }
         let report = profiler.report(10);
         for line in ["2 (past the kernel image: a module)", "1 start", "1 last_exit", "1 (guest user space)"] {

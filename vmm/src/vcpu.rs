@@ -13,8 +13,10 @@
 //! | memory fault (or `EFAULT`) | [`Error::MemoryFault`] ([`Error::Efault`]) |
 //! | anything else | an error naming the exit |
 
-use std::sync::Arc;
+use std::cell::Cell;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -22,9 +24,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
 use crate::device_manager::{self, DeviceManager, Request};
-use crate::emulator;
-use crate::profile::Profiler;
+use crate::profile::Samples;
 use crate::ratelimit::LogLimit;
+use crate::{emulator, lock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,16 +63,37 @@ pub enum Stop {
     Kicked,
 }
 
-/// The signal that interrupts `KVM_RUN`: a real-time one, with a handler
-/// that does nothing, so that the ioctl returns `EINTR`.
+/// The signal that interrupts `KVM_RUN`: a real-time one, whose handler
+/// sets `immediate_exit` in the vCPU's `kvm_run` page (see [`on_kick`]).
 fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
-extern "C" fn ignore_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+thread_local! {
+    /// The `kvm_run` page of the vCPU this thread runs, for [`on_kick`]; null
+    /// on other threads and before [`Vcpu::new`] or after its drop.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
 
-/// A handle that other threads use to interrupt the vCPU thread's
-/// `KVM_RUN`, to sample it or to stop it.
+/// Makes the current or next `KVM_RUN` of this thread's vCPU return at once.
+/// A signal alone would be lost if it landed between the vCPU loop's check
+/// of its stop flag and its entry into `KVM_RUN`; `immediate_exit` is how
+/// KVM closes that gap.
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // A const-initialised thread-local without a destructor is a plain TLS
+    // load: nothing is allocated or registered, so it is signal-safe.
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: a non-null KVM_RUN is the kvm_run page of the Vcpu that
+        // this thread owns (Vcpu is !Send): set in Vcpu::new, cleared in its
+        // Drop before the page is unmapped. KVM reads immediate_exit at the
+        // next KVM_RUN; a volatile byte store cannot tear.
+        unsafe { std::ptr::write_volatile(&raw mut (*run).immediate_exit, 1) };
+    }
+}
+
+/// A handle that other threads use to interrupt a vCPU thread's `KVM_RUN`,
+/// to sample it or to stop it.
 #[derive(Clone)]
 pub struct Kicker {
     thread: libc::pthread_t,
@@ -78,27 +101,25 @@ pub struct Kicker {
 }
 
 impl Kicker {
-    /// A kicker for the calling thread, the one that runs the vCPU. Every
-    /// user of it must be done before that thread ends: the [`Profiler`] and
-    /// the backing-file watch join their threads when dropped, and the
-    /// vCPU thread owns them.
+    /// A kicker for the calling thread. The kick signal's handler only acts
+    /// on a thread that runs a [`Vcpu`]; on others the kick just interrupts
+    /// a blocking system call such as `KVM_RUN` (the host probe's).
     pub fn for_this_thread() -> std::io::Result<Self> {
-        register_signal_handler(kick_signal(), ignore_signal)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        register_signal_handler(kick_signal(), on_kick).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         // SAFETY: pthread_self has no preconditions.
         let thread = unsafe { libc::pthread_self() };
         Ok(Self { thread, stop: Arc::new(AtomicBool::new(false)) })
     }
 
-    /// Interrupts `KVM_RUN` if the vCPU is in it.
+    /// Interrupts `KVM_RUN` if the vCPU is in it, or its next one.
     pub fn kick(&self) {
-        // SAFETY: the target thread is alive: see `for_this_thread`.
+        // SAFETY: the target thread has not been joined: the vCPU threads
+        // outlive every holder of their kickers (see `VcpuThreads`), and
+        // the host probe's watchdog is joined before the probe returns.
         unsafe { libc::pthread_kill(self.thread, kick_signal()) };
     }
 
-    /// Asks the vCPU loop to return [`Stop::Kicked`] at its next exit and
-    /// interrupts it. A kick that arrives just before the vCPU enters
-    /// `KVM_RUN` is lost, so callers repeat it until the VM has stopped.
+    /// Asks the vCPU loop to return [`Stop::Kicked`] and interrupts it.
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.kick();
@@ -109,33 +130,51 @@ impl Kicker {
     }
 }
 
+/// The kickers of all the vCPUs of a VM.
+#[derive(Clone)]
+pub struct Kickers(Arc<[Kicker]>);
+
+impl Kickers {
+    pub fn new(kickers: Vec<Kicker>) -> Self {
+        Self(kickers.into())
+    }
+
+    pub fn kick(&self) {
+        self.0.iter().for_each(Kicker::kick);
+    }
+
+    /// Stops every vCPU (see [`Kicker::request_stop`]).
+    pub fn request_stop(&self) {
+        self.0.iter().for_each(Kicker::request_stop);
+    }
+}
+
 pub struct Vcpu {
     fd: VcpuFd,
     kicker: Kicker,
-    profiler: Option<Profiler>,
+    samples: Option<Samples>,
     emulator_log: LogLimit,
+    /// The signal handler reaches this thread's `kvm_run` page through
+    /// [`KVM_RUN`]: a Vcpu stays on the thread that made it.
+    _not_send: PhantomData<*const ()>,
 }
 
 impl Vcpu {
-    /// Takes over `fd` for the calling thread, which will run it.
-    pub fn new(fd: VcpuFd) -> std::io::Result<Self> {
-        Ok(Self { fd, kicker: Kicker::for_this_thread()?, profiler: None, emulator_log: LogLimit::new("emulator") })
+    /// Takes over `fd` for the calling thread, which will run it. Each kick
+    /// adds a sample of the guest's RIP to `samples`.
+    pub fn new(index: usize, mut fd: VcpuFd, samples: Option<Samples>) -> std::io::Result<Self> {
+        let kicker = Kicker::for_this_thread()?;
+        KVM_RUN.with(|run| run.set(fd.get_kvm_run()));
+        let emulator_log = LogLimit::new(format!("emulator (vCPU {index})"));
+        Ok(Self { fd, kicker, samples, emulator_log, _not_send: PhantomData })
     }
 
     pub fn kicker(&self) -> Kicker {
         self.kicker.clone()
     }
 
-    pub fn set_profiler(&mut self, profiler: Profiler) {
-        self.profiler = Some(profiler);
-    }
-
-    pub fn profiler(&self) -> Option<&Profiler> {
-        self.profiler.as_ref()
-    }
-
     /// Runs the guest until it needs the VM's attention.
-    pub fn run(&mut self, devices: &mut DeviceManager, mem: &GuestMemoryMmap) -> Result<Stop, Error> {
+    pub fn run(&mut self, devices: &Mutex<DeviceManager>, mem: &GuestMemoryMmap) -> Result<Stop, Error> {
         let run: *const kvm_run = self.fd.get_kvm_run();
         loop {
             if self.kicker.stop_requested() {
@@ -149,19 +188,19 @@ impl Vcpu {
                     // plain copy of one field through the raw pointer; `data`
                     // covers other bytes of the page.
                     let size = unsafe { (*run).__bindgen_anon_1.io.size };
-                    devices.pio_read(port, size.into(), data);
+                    lock(devices).pio_read(port, size.into(), data);
                     None
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
                     // SAFETY: as for IoIn.
                     let size = unsafe { (*run).__bindgen_anon_1.io.size };
-                    devices.pio_write(port, size.into(), data)?
+                    lock(devices).pio_write(port, size.into(), data)?
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
-                    devices.mmio_read(addr, data);
+                    lock(devices).mmio_read(addr, data);
                     None
                 }
-                Ok(VcpuExit::MmioWrite(addr, data)) => devices.mmio_write(addr, data)?,
+                Ok(VcpuExit::MmioWrite(addr, data)) => lock(devices).mmio_write(addr, data)?,
                 Ok(VcpuExit::Shutdown) => {
                     let rip = self.fd.get_regs().map_err(kvm("get regs"))?.rip;
                     return Ok(Stop::Shutdown { rip });
@@ -175,7 +214,7 @@ impl Vcpu {
                     None
                 }
                 Ok(VcpuExit::Intr) => {
-                    self.sample()?;
+                    self.kicked()?;
                     None
                 }
                 Ok(VcpuExit::MemoryFault { gpa, size, .. }) => return Err(Error::MemoryFault { gpa, size }),
@@ -183,7 +222,7 @@ impl Vcpu {
                 Ok(VcpuExit::FailEntry(reason, _)) => return Err(Error::FailEntry(reason)),
                 Ok(other) => return Err(Error::UnexpectedExit(format!("{other:?}"))),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    self.sample()?;
+                    self.kicked()?;
                     None
                 }
                 Err(e) if e.errno() == libc::EFAULT => return Err(Error::Efault(e)),
@@ -195,10 +234,19 @@ impl Vcpu {
         }
     }
 
-    fn sample(&mut self) -> Result<(), Error> {
-        if let Some(profiler) = &mut self.profiler {
-            profiler.record(self.fd.get_regs().map_err(kvm("get regs"))?.rip);
+    /// After a kick: re-arms `KVM_RUN` (before the loop looks at the stop
+    /// flag again, so that a kick after this is not lost) and takes a sample.
+    fn kicked(&mut self) -> Result<(), Error> {
+        self.fd.set_kvm_immediate_exit(0);
+        if let Some(samples) = &self.samples {
+            samples.record(self.fd.get_regs().map_err(kvm("get regs"))?.rip);
         }
         Ok(())
+    }
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
     }
 }

@@ -1,11 +1,11 @@
 //! The VM: KVM, guest RAM and boot data, the devices, and running it to a
 //! status. The device model lives in [`DeviceManager`] (which reaches KVM
-//! through [`KvmHypervisor`]), the exit handling in [`Vcpu`]; this module
-//! builds them and judges how the guest ended.
+//! through [`KvmHypervisor`]), the exit handling in [`Vcpu`](crate::vcpu::Vcpu),
+//! the vCPU threads in [`VcpuThreads`]; this module builds them and judges
+//! how the guest ended.
 
 use std::io::{Read, Write};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
@@ -23,7 +23,8 @@ use crate::devices::{SerialPort, legacy};
 use crate::host::HostKvm;
 use crate::hypervisor::KvmHypervisor;
 use crate::profile::Profiler;
-use crate::vcpu::{self, Stop, Vcpu};
+use crate::vcpu::{self, Stop};
+use crate::vcpus::VcpuThreads;
 use crate::{boot, cpu, host, layout, lock, memory, mptable, pirq};
 
 /// What the guest always gets on its command line. `reboot=k` makes its
@@ -41,11 +42,15 @@ pub enum ShmConfig {
 }
 
 pub struct VmConfig {
+    pub cpus: u8,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub memory_mib: u64,
     pub cmdline: String,
     pub shm: Vec<ShmConfig>,
+    /// Sample the guest's RIP every millisecond on every vCPU and name
+    /// kernel functions from this System.map (see [`Vm::profile_report`]).
+    pub profile_guest: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +59,12 @@ pub enum Error {
     KvmOpen(#[source] kvm_ioctls::Error),
     #[error("KVM {what}")]
     Kvm { what: &'static str, source: kvm_ioctls::Error },
+    #[error("--cpus {cpus}: this VMM runs 1 to {max} vCPUs")]
+    Cpus { cpus: u8, max: u8 },
     #[error("--memory {mib} MiB: the guest needs {min} to {max} MiB")]
     MemorySize { mib: u64, min: u64, max: u64 },
+    #[error("--memory {mib} MiB: the guest's RAM would end past its {phys_bits}-bit physical address limit")]
+    RamPastLimit { mib: u64, phys_bits: u8 },
     #[error(transparent)]
     Ram(#[from] memory::Error),
     #[error("writing the MP table")]
@@ -74,10 +83,12 @@ pub enum Error {
     Server { socket: PathBuf, source: shm_layout::host::ivshmem::Error },
     #[error(transparent)]
     Devices(#[from] device_manager::Error),
-    #[error(transparent)]
-    Vcpu(#[from] vcpu::Error),
+    #[error("vCPU {index}")]
+    Vcpu { index: usize, source: vcpu::Error },
     #[error("setting up the VMM's threads and signals")]
     Threads(#[source] std::io::Error),
+    #[error("--profile-guest {}", path.display())]
+    Profiler { path: PathBuf, source: std::io::Error },
     #[error("the guest kernel panicked: {0}")]
     GuestPanic(String),
     #[error("the guest triple-faulted (the CPU shut down) at RIP {rip:#x}")]
@@ -95,21 +106,27 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 }
 
 pub struct Vm {
-    // Field order is drop order: the vCPU goes first, so that no guest runs
-    // once the guest memory and the devices' files that the VM's memory
-    // slots point into are gone; the devices hold the VM fd (in their
-    // KvmHypervisor), which goes before the RAM it maps.
-    vcpu: Vcpu,
-    devices: DeviceManager,
-    mem: GuestMemoryMmap,
+    // Field order is drop order. The profiler and the watch kick vCPUs, so
+    // they go before the vCPU threads. The vCPUs go before the guest memory
+    // and the devices' files that the VM's memory slots point into, so that
+    // no guest runs once those are gone; the devices hold the VM fd (in
+    // their KvmHypervisor), which goes before the RAM it maps.
+    profiler: Option<Profiler>,
     watch: ShrinkWatch,
+    vcpus: VcpuThreads,
+    devices: Arc<Mutex<DeviceManager>>,
+    /// Held, not read: the RAM outlives the VM fd whose slot maps it.
+    _ram: GuestMemoryMmap,
     report: Arc<Mutex<GuestReport>>,
     serial: Arc<Mutex<SerialPort<ConsoleOutput<std::io::Stdout>>>>,
 }
 
 impl Vm {
-    /// Builds the VM. Call from the thread that will call [`Vm::run`].
+    /// Builds the VM, with its vCPU threads waiting for [`Vm::run`].
     pub fn new(config: &VmConfig) -> Result<Self, Error> {
+        if !(1..=layout::MAX_CPUS).contains(&config.cpus) {
+            return Err(Error::Cpus { cpus: config.cpus, max: layout::MAX_CPUS });
+        }
         let ram_size = config.memory_mib << 20;
         if !(layout::MIN_RAM..=layout::MAX_RAM).contains(&ram_size) {
             return Err(Error::MemorySize {
@@ -119,6 +136,11 @@ impl Vm {
             });
         }
         let kvm_fd = Kvm::new().map_err(Error::KvmOpen)?;
+        let phys_bits = cpu::phys_address_bits(&kvm_fd)?;
+        let ram_end = layout::ram_ranges(ram_size).iter().map(|r| r.end).max().unwrap_or(0);
+        if ram_end > 1 << phys_bits {
+            return Err(Error::RamPastLimit { mib: config.memory_mib, phys_bits });
+        }
         let host = host::probe(&kvm_fd)?;
         log_host(&host);
 
@@ -141,20 +163,27 @@ impl Vm {
         let cmdline = boot::build_cmdline(&[BASE_CMDLINE, host.guest_cmdline(), &config.cmdline])?;
         info!("guest command line: {}", cmdline.as_cstring().map_err(boot::Error::Cmdline)?.to_string_lossy());
         boot::write_boot_params(&mem, &cmdline, initrd.as_ref(), ram_size)?;
-        mptable::write(&mem, 1).map_err(Error::MpTable)?;
+        mptable::write(&mem, config.cpus).map_err(Error::MpTable)?;
         pirq::write(&mem).map_err(Error::PirqTable)?;
 
-        let vcpu_fd = vm.create_vcpu(0).map_err(kvm("create vCPU"))?;
-        cpu::setup(&kvm_fd, &vcpu_fd, 0)?;
-        cpu::setup_long_mode(&mem, &vcpu_fd, kernel.entry, layout::ZERO_PAGE)?;
-        let vcpu = Vcpu::new(vcpu_fd).map_err(Error::Threads)?;
+        let cpu_config = cpu::Config { cpus: config.cpus, hypercalls: !host.hypercalls_fail };
+        let mut vcpu_fds = Vec::new();
+        for id in 0..config.cpus {
+            let fd = vm.create_vcpu(id.into()).map_err(kvm("create vCPU"))?;
+            cpu::setup(&kvm_fd, &fd, id, &cpu_config)?;
+            vcpu_fds.push(fd);
+        }
+        // The bootstrap processor enters the kernel; the others wait for
+        // the guest to start them.
+        cpu::setup_long_mode(&mem, &vcpu_fds[0], kernel.entry, layout::ZERO_PAGE)?;
 
         let space = GuestSpace {
-            ram: vec![Range { start: 0, end: ram_size }],
-            reserved: vec![(layout::IOAPIC..layout::PCI_MMIO64_START, "the APICs and KVM's TSS")],
-            phys_bits: cpu::phys_address_bits(&kvm_fd)?,
+            ram: layout::ram_ranges(ram_size),
+            reserved: vec![(layout::IOAPIC..layout::RAM_ABOVE_4G, "the APICs and KVM's TSS")],
+            phys_bits,
         };
-        let mut devices = DeviceManager::new(space, Arc::new(KvmHypervisor::new(vm.clone())))?;
+        let hypervisor = KvmHypervisor::new(vm.clone(), memory::slots(ram_size));
+        let mut devices = DeviceManager::new(space, Arc::new(hypervisor))?;
         let report = Arc::new(Mutex::new(GuestReport::default()));
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Threads)?;
         vm.register_irqfd(&serial_irq, legacy::COM1_GSI).map_err(kvm("register serial irqfd"))?;
@@ -173,9 +202,22 @@ impl Vm {
             info!("{what}: {path} ({size} bytes) at 00:{slot:02x}.0");
         }
         devices.start_doorbell_threads()?;
-        let watch = ShrinkWatch::start(devices.backing_files(), vcpu.kicker()).map_err(Error::Threads)?;
+        let backing_files = devices.backing_files();
+        let devices = Arc::new(Mutex::new(devices));
 
-        Ok(Self { vcpu, devices, mem, watch, report, serial })
+        let mut profiler = config
+            .profile_guest
+            .as_deref()
+            .map(|path| Profiler::new(path).map_err(|source| Error::Profiler { path: path.into(), source }))
+            .transpose()?;
+        let samples = profiler.as_ref().map(Profiler::samples);
+        let vcpus = VcpuThreads::spawn(vcpu_fds, &devices, &mem, samples.as_ref()).map_err(Error::Threads)?;
+        if let Some(profiler) = &mut profiler {
+            profiler.start(vcpus.kickers(), std::time::Duration::from_millis(1)).map_err(Error::Threads)?;
+        }
+        let watch = ShrinkWatch::start(backing_files, vcpus.kickers()).map_err(Error::Threads)?;
+
+        Ok(Self { profiler, watch, vcpus, devices, _ram: mem, report, serial })
     }
 
     /// Copies our stdin to the guest's console.
@@ -198,28 +240,22 @@ impl Vm {
         Ok(())
     }
 
-    /// Samples the guest's instruction pointer every `interval` and names
-    /// kernel functions from `system_map`; see [`Vm::profile_report`].
-    pub fn start_profiler(&mut self, interval: std::time::Duration, system_map: &Path) -> std::io::Result<()> {
-        self.vcpu.set_profiler(Profiler::start(self.vcpu.kicker(), interval, system_map)?);
-        Ok(())
-    }
-
+    /// The hottest kernel functions, with `--profile-guest`.
     pub fn profile_report(&self) -> Option<String> {
-        self.vcpu.profiler().map(|p| p.report(40))
+        self.profiler.as_ref().map(|p| p.report(40))
     }
 
     /// Runs the guest until it stops; returns the exit status of the program
     /// the image's init ran.
     pub fn run(&mut self) -> Result<i32, Error> {
-        let result = self.run_vcpu();
+        let result = self.run_vcpus();
         let _ = lock(&self.serial).uart.writer_mut().flush();
-        self.devices.flush_logs();
+        lock(&self.devices).flush_logs();
         result
     }
 
-    fn run_vcpu(&mut self) -> Result<i32, Error> {
-        let stop = self.vcpu.run(&mut self.devices, &self.mem);
+    fn run_vcpus(&mut self) -> Result<i32, Error> {
+        let (index, stop) = self.vcpus.run();
         let report = lock(&self.report).clone();
         // A file that shrank explains a stop the guest did not ask for.
         let unasked = !matches!(stop, Ok(Stop::Reset)) && report.exit_status.is_none();
@@ -229,7 +265,7 @@ impl Vm {
         if let Some(panic) = report.panic {
             return Err(Error::GuestPanic(panic));
         }
-        match stop? {
+        match stop.map_err(|source| Error::Vcpu { index, source })? {
             Stop::Reset => report.exit_status.ok_or(Error::NoExitStatus),
             // With reboot=k Linux resets through the i8042; a shutdown
             // exit after a reported status is a reset too.
@@ -284,6 +320,11 @@ fn log_host(host: &HostKvm) {
         info!(
             "host: guest kernel code runs natively ({:.1} ns per instruction); no guest flags added",
             host.kernel_ns_per_instruction
+        );
+    }
+    if host.hypercalls_fail {
+        info!(
+            "host: the guest kernel's hypercall instruction fails here (KVM rewrites it, or does not finish it); the paravirtual features that make hypercalls (PV IPIs, PV unhalt, PV yield) are hidden from the guest"
         );
     }
 }

@@ -1,0 +1,112 @@
+//! The vCPU threads of a VM: one per vCPU, all spawned while the VM is built
+//! (the seccomp filter, installed later, refuses what a new thread's set-up
+//! needs), started together by [`VcpuThreads::run`] and stopped together.
+//!
+//! | event | outcome |
+//! |---|---|
+//! | a vCPU stops for its own reason (reset, shutdown, error, or a stop asked of it) | that is the VM's [`Stop`]; every other vCPU is asked to stop |
+//! | the other vCPUs stop | their outcomes are logged if they are not [`Stop::Kicked`] |
+//! | [`VcpuThreads`] is dropped | each thread drops its vCPU and ends; they are joined |
+//!
+//! Application processors (every vCPU but the first) start in KVM's
+//! wait-for-SIPI state: their `KVM_RUN` sleeps in KVM until the guest starts
+//! them through their local APICs.
+
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_ioctls::VcpuFd;
+use vm_memory::GuestMemoryMmap;
+
+use crate::device_manager::DeviceManager;
+use crate::profile::Samples;
+use crate::vcpu::{self, Kickers, Stop, Vcpu};
+
+/// What a vCPU thread is told, in this order: whether to run the guest,
+/// then (after its run, or instead) to end.
+enum Go {
+    Run,
+    End,
+}
+
+struct Thread {
+    go: SyncSender<Go>,
+    handle: JoinHandle<()>,
+}
+
+pub struct VcpuThreads {
+    threads: Vec<Thread>,
+    kickers: Kickers,
+    stops: Receiver<(usize, Result<Stop, vcpu::Error>)>,
+}
+
+impl VcpuThreads {
+    /// Spawns a thread for each of `fds`; each takes its vCPU over and waits
+    /// for [`VcpuThreads::run`].
+    pub fn spawn(
+        fds: Vec<VcpuFd>,
+        devices: &Arc<Mutex<DeviceManager>>,
+        mem: &GuestMemoryMmap,
+        samples: Option<&Samples>,
+    ) -> std::io::Result<Self> {
+        let (stopped, stops) = mpsc::channel();
+        let mut threads = Vec::new();
+        let mut kickers = Vec::new();
+        for (index, fd) in fds.into_iter().enumerate() {
+            let (go, told) = mpsc::sync_channel(2);
+            let (made, kicker) = mpsc::channel();
+            let (devices, mem, samples, stopped) = (devices.clone(), mem.clone(), samples.cloned(), stopped.clone());
+            let handle = crate::spawn_started(&format!("vcpu{index}"), move || {
+                let mut vcpu = match Vcpu::new(index, fd, samples) {
+                    Ok(vcpu) => vcpu,
+                    Err(e) => return drop(made.send(Err(e))),
+                };
+                let _ = made.send(Ok(vcpu.kicker()));
+                if let Ok(Go::Run) = told.recv() {
+                    let _ = stopped.send((index, vcpu.run(&devices, &mem)));
+                    // The vCPU (and with it this thread's kicker) stays
+                    // until the VM is done with every kicker.
+                    let _ = told.recv();
+                }
+            })?;
+            let kicker = kicker.recv().map_err(std::io::Error::other)??;
+            threads.push(Thread { go, handle });
+            kickers.push(kicker);
+        }
+        Ok(Self { threads, kickers: Kickers::new(kickers), stops })
+    }
+
+    pub fn kickers(&self) -> Kickers {
+        self.kickers.clone()
+    }
+
+    /// Runs every vCPU until one stops, then stops the others; returns the
+    /// first vCPU's stop and its index.
+    pub fn run(&mut self) -> (usize, Result<Stop, vcpu::Error>) {
+        for t in &self.threads {
+            let _ = t.go.send(Go::Run);
+        }
+        let first = self.stops.recv().expect("a vCPU thread ends only after reporting its stop");
+        self.kickers.request_stop();
+        for _ in 1..self.threads.len() {
+            match self.stops.recv().expect("as above") {
+                (_, Ok(Stop::Kicked)) => {}
+                (index, other) => log::info!("vCPU {index} also stopped: {other:?}"),
+            }
+        }
+        first
+    }
+}
+
+impl Drop for VcpuThreads {
+    fn drop(&mut self) {
+        self.kickers.request_stop();
+        for t in &self.threads {
+            let _ = t.go.send(Go::End);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.handle.join();
+        }
+    }
+}
