@@ -101,6 +101,28 @@ fn io_error(step: &'static str) -> impl FnOnce(io::Error) -> DeviceError {
     move |source| DeviceError::Io { step, source }
 }
 
+/// Opens `path` read-write and asks the driver what it is; a plain file
+/// standing in for a device is `size` bytes of write-back memory.
+fn open_unmapped(path: &str) -> Result<(File, Info), DeviceError> {
+    let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_error("cannot open"))?;
+    let mut info = Info::default();
+    // SAFETY: KVMSHM_IOC_INFO writes one struct kvmshm_info, which `info` is.
+    if unsafe { libc::ioctl(file.as_raw_fd(), KVMSHM_IOC_INFO, &mut info) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOTTY) {
+            return Err(io_error("KVMSHM_IOC_INFO")(e));
+        }
+        info.size = file.metadata().map_err(io_error("cannot stat"))?.len();
+        info.caching = Caching::WriteBack as u32;
+    }
+    Ok((file, info))
+}
+
+/// Opens `path` without mapping it; returns it and its region's size.
+pub fn open_region_file(path: &str) -> Result<(File, u64), DeviceError> {
+    open_unmapped(path).map(|(file, info)| (file, info.size))
+}
+
 /// A device (or file) mapped shared and read-write.
 pub struct Device {
     base: *mut u8,
@@ -117,21 +139,9 @@ pub struct Device {
 impl Device {
     /// Opens and maps `path` whole, first selecting `caching` if given.
     pub fn open(path: &str, caching: Option<Caching>) -> Result<Self, DeviceError> {
-        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_error("cannot open"))?;
+        let (file, info) = open_unmapped(path)?;
         let fd = file.as_raw_fd();
-        let mut info = Info::default();
-        // SAFETY: KVMSHM_IOC_INFO writes one struct kvmshm_info, which `info` is.
-        let (size, driver_caching) = if unsafe { libc::ioctl(fd, KVMSHM_IOC_INFO, &mut info) } == 0 {
-            (info.size, Caching::from_u32(info.caching))
-        } else {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ENOTTY) {
-                return Err(io_error("KVMSHM_IOC_INFO")(e));
-            }
-            // Not a kvmshm device: a plain file standing in for one, mapped
-            // write-back like all ordinary memory.
-            (file.metadata().map_err(io_error("cannot stat"))?.len(), Some(Caching::WriteBack))
-        };
+        let (size, driver_caching) = (info.size, Caching::from_u32(info.caching));
         if let Some(caching) = caching {
             let mode = caching as u32;
             // SAFETY: KVMSHM_IOC_SET_CACHING reads one u32, which `mode` is.

@@ -12,11 +12,13 @@
 //! - [`fill`]: the host fills the data area with a seeded pseudo-random stream;
 //! - [`echo`]: a request/response mailbox for live round trips;
 //! - [`stream`]: bulk data both ways and ping-pong, for the benchmarks;
-//! - [`pingpong`]: two peers taking turns with doorbell rings (no header).
+//! - [`pingpong`]: two peers taking turns with doorbell rings (no header);
+//! - [`ends`]: the first and last pages of a region too large to map whole (no header).
 
 #![cfg_attr(not(any(feature = "host", test)), no_std)]
 
 pub mod echo;
+pub mod ends;
 mod error;
 pub mod fill;
 mod hash;

@@ -208,6 +208,15 @@ impl Writer<'_> {
         self.area.region.u64(self.block).store(self.next, Release);
         true
     }
+
+    /// Appends until the block is full; returns how many records that took.
+    /// The writer loop of the demo's writers and of the benchmark's host
+    /// threads alike.
+    pub fn fill_block(&mut self) -> u64 {
+        let first = self.next;
+        while self.append() {}
+        self.next - first
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

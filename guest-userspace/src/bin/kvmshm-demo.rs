@@ -8,6 +8,10 @@
 //! one boot of the guest runs several checks; they run in order and the
 //! first that fails ends the run with its status.
 //!
+//! `--device all` runs a command on every `/dev/kvmshmN` in turn, lowest N
+//! first; on device N, `--seed S` stands for S + N, so that each device
+//! carries its own data.
+//!
 //! Exit status: 0 success, 1 a check or a writer failed, 2 a bad argument,
 //! a missing device or a region too small for the request.
 
@@ -16,23 +20,28 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::process::exit;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use guest_userspace::device::{Caching, Device, DeviceWake};
+use guest_userspace::device::{Caching, Device, DeviceWake, open_region_file};
 use shm_layout::echo::Mailbox;
+use shm_layout::ends;
 use shm_layout::fill;
 use shm_layout::pingpong;
 use shm_layout::records::{RECORD_LEN, Records};
 use shm_layout::stream::{Direction, Stream};
 
 const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
-    [--device PATH] [--caching wb|wc|uc] followed by one of: \
-    write --procs N --records M [--seed S] [--spin K] | check-records --procs N --records M | \
+    [--device PATH|all] [--caching wb|wc|uc] followed by one of: \
+    write --procs N --records M [--seed S] [--spin K] [--pin 1] | check-records --procs N --records M | \
     verify --seed S | echo [--interrupts 1] | pingpong --peer P --rounds N --side 0|1 | check-doorbell --slot S | check-api | check-removal | memspeed --mib M | \
-    bench [--chunk-kib K] [--slots S] --total-mib T | move-bar --to ADDR; --name=VALUE works as well as --name VALUE";
+    bench [--chunk-kib K] [--slots S] --total-mib T | move-bar --to ADDR | ends --seed S | meminfo | \
+    scale --procs N --records M --rounds K; --name=VALUE works as well as --name VALUE";
 
+#[derive(Clone, Copy)]
 enum Command {
-    Write { procs: u64, records: u64, seed: u64, spin: u64 },
+    Write { procs: u64, records: u64, seed: u64, spin: u64, pin: bool },
     CheckRecords { procs: u64, records: u64 },
     Verify { seed: u64 },
     Echo { interrupts: bool },
@@ -43,6 +52,9 @@ enum Command {
     Memspeed { mib: u64 },
     Bench { chunk_kib: u64, slots: u64, total_mib: u64 },
     MoveBar { to: u64 },
+    Ends { seed: u64 },
+    Meminfo,
+    Scale { procs: u64, records: u64, rounds: u64 },
 }
 
 struct Invocation {
@@ -79,13 +91,29 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
     let required = |value: Option<u64>, name: &str| value.ok_or(format!("{command} needs {name}"));
     let command = match command.as_str() {
         "write" => {
-            let [procs, records, seed, spin] = numbers(args, ["--procs", "--records", "--seed", "--spin"])?;
+            let [procs, records, seed, spin, pin] =
+                numbers(args, ["--procs", "--records", "--seed", "--spin", "--pin"])?;
             let procs = required(procs, "--procs")?;
             if procs == 0 {
                 return Err("--procs must be at least 1".into());
             }
             let records = required(records, "--records")?;
-            Command::Write { procs, records, seed: seed.unwrap_or(0), spin: spin.unwrap_or(0) }
+            let (seed, spin, pin) = (seed.unwrap_or(0), spin.unwrap_or(0), pin.unwrap_or(0) != 0);
+            Command::Write { procs, records, seed, spin, pin }
+        }
+        "meminfo" => Command::Meminfo,
+        "scale" => {
+            let [procs, records, rounds] = numbers(args, ["--procs", "--records", "--rounds"])?;
+            let procs = required(procs, "--procs")?;
+            let rounds = required(rounds, "--rounds")?;
+            if procs == 0 || rounds == 0 {
+                return Err("--procs and --rounds must be at least 1".into());
+            }
+            Command::Scale { procs, records: required(records, "--records")?, rounds }
+        }
+        "ends" => {
+            let [seed] = numbers(args, ["--seed"])?;
+            Command::Ends { seed: required(seed, "--seed")? }
         }
         "check-records" => {
             let [procs, records] = numbers(args, ["--procs", "--records"])?;
@@ -165,34 +193,139 @@ fn main() {
         .map(|words| parse(words).unwrap_or_else(|e| fail(2, &format!("{e}; {USAGE}"))))
         .collect();
     for inv in invocations {
-        let path = &inv.device;
-        let device = Device::open(path, inv.caching).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
-        let status = match inv.command {
-            Command::Write { procs, records, seed, spin } => write(&device, path, procs, records, seed, spin),
-            Command::CheckRecords { procs, records } => check_records(&device, path, procs, records),
-            Command::Verify { seed } => verify(&device, path, seed),
-            Command::Echo { interrupts } => echo(&device, path, interrupts),
-            Command::PingPong { peer, rounds, side } => pingpong(&device, path, peer, rounds, side),
-            Command::CheckDoorbell { slot } => check_doorbell(&device, path, slot),
-            Command::CheckApi => check_api(&device, path),
-            Command::CheckRemoval => check_removal(&device, path),
-            Command::Memspeed { mib } => memspeed(&device, mib),
-            Command::Bench { chunk_kib, slots, total_mib } => bench(&device, path, chunk_kib, slots, total_mib),
-            Command::MoveBar { to } => {
-                drop(device);
-                move_bar(path, to)
+        let targets = if inv.device == "all" { numbered_devices() } else { vec![(0, inv.device.clone())] };
+        for (n, path) in targets {
+            let status = run(&path, inv.caching, inv.command.on_device(n));
+            if status != 0 {
+                exit(status);
             }
-        };
-        if status != 0 {
-            exit(status);
         }
     }
 }
 
+impl Command {
+    /// The command as `--device all` runs it on device `n`.
+    fn on_device(self, n: u64) -> Self {
+        match self {
+            Self::Write { procs, records, seed, spin, pin } => {
+                Self::Write { procs, records, seed: seed + n, spin, pin }
+            }
+            Self::Verify { seed } => Self::Verify { seed: seed + n },
+            Self::Ends { seed } => Self::Ends { seed: seed + n },
+            other => other,
+        }
+    }
+}
+
+/// Every /dev/kvmshmN, as (N, path), lowest N first.
+fn numbered_devices() -> Vec<(u64, String)> {
+    let mut devices: Vec<(u64, String)> = std::fs::read_dir("/dev")
+        .unwrap_or_else(|e| fail(1, &format!("/dev: {e}")))
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            let n = name.strip_prefix("kvmshm")?.parse().ok()?;
+            Some((n, format!("/dev/{name}")))
+        })
+        .collect();
+    if devices.is_empty() {
+        fail(2, "--device all: no /dev/kvmshmN device");
+    }
+    devices.sort_unstable();
+    devices
+}
+
+fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
+    match command {
+        Command::Ends { seed } => return ends(path, seed),
+        Command::Meminfo => return meminfo(),
+        _ => {}
+    }
+    let device = Device::open(path, caching).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
+    match command {
+        Command::Write { procs, records, seed, spin, pin } => write(&device, path, procs, records, seed, spin, pin),
+        Command::CheckRecords { procs, records } => check_records(&device, path, procs, records),
+        Command::Verify { seed } => verify(&device, path, seed),
+        Command::Echo { interrupts } => echo(&device, path, interrupts),
+        Command::PingPong { peer, rounds, side } => pingpong(&device, path, peer, rounds, side),
+        Command::CheckDoorbell { slot } => check_doorbell(&device, path, slot),
+        Command::CheckApi => check_api(&device, path),
+        Command::CheckRemoval => check_removal(&device, path),
+        Command::Memspeed { mib } => memspeed(&device, mib),
+        Command::Bench { chunk_kib, slots, total_mib } => bench(&device, path, chunk_kib, slots, total_mib),
+        Command::Scale { procs, records, rounds } => scale(&device, path, procs, records, rounds),
+        Command::MoveBar { to } => {
+            drop(device);
+            move_bar(path, to)
+        }
+        Command::Ends { .. } | Command::Meminfo => unreachable!("run without a mapping above"),
+    }
+}
+
+/// Prints the RAM the guest kernel manages (the VMM's --memory, less what
+/// the kernel keeps for itself).
+fn meminfo() -> i32 {
+    // SAFETY: sysinfo is plain data, valid all zero.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: sysinfo writes one struct sysinfo, which `info` is.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        fail(1, &format!("sysinfo: {}", io::Error::last_os_error()));
+    }
+    let mib = |pages: libc::c_ulong| (pages * libc::c_ulong::from(info.mem_unit)) >> 20;
+    println!("meminfo: {} MiB of RAM, {} MiB free", mib(info.totalram), mib(info.freeram));
+    0
+}
+
+/// Checks the host's data (`seed`) on the first and the last page of the
+/// region, then writes ours (`seed` + 1) there. Only those two pages are
+/// mapped (mmap at an offset): a large region could not be mapped whole.
+fn ends(path: &str, seed: u64) -> i32 {
+    let (file, size) = open_region_file(path).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
+    let pages = ends::pages(size);
+    for index in pages {
+        let offset = libc::off_t::try_from(index * ends::PAGE as u64).expect("a region's size fits off_t");
+        // SAFETY: a fresh shared mapping (addr NULL) of one page of an fd
+        // opened read-write, checked before use and unmapped below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ends::PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                offset,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            fail(1, &format!("{path}: mapping page {index}: {}", io::Error::last_os_error()));
+        }
+        let mut page = [0u8; ends::PAGE];
+        // SAFETY: `map` is a live mapping of PAGE bytes; `page` is ours.
+        unsafe { std::ptr::copy_nonoverlapping(map.cast::<u8>(), page.as_mut_ptr(), ends::PAGE) };
+        let found = ends::check(&page, seed, index);
+        if found {
+            ends::write(&mut page, seed + 1, index);
+            // SAFETY: as above, in the other direction.
+            unsafe { std::ptr::copy_nonoverlapping(page.as_ptr(), map.cast::<u8>(), ends::PAGE) };
+        }
+        // SAFETY: unmaps exactly the mapping made above, no longer used.
+        unsafe { libc::munmap(map, ends::PAGE) };
+        if !found {
+            fail(1, &format!("{path}: page {index} does not hold the host's data for seed {seed}"));
+        }
+    }
+    println!("ends: pages {} and {} of {size} bytes: the host's data read, ours written", pages[0], pages[1]);
+    0
+}
+
 /// Formats the region and forks one writer process per block.
 /// `spin` busy-waits that many loop turns after each record (no system
-/// call), to make a run last long enough to be interrupted.
-fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin: u64) -> i32 {
+/// call), to make a run last long enough to be interrupted. With `pin`,
+/// writer w runs on the w-th online CPU only, and fails if there is none.
+fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin: u64, pin: bool) -> i32 {
+    let cpus = online_cpus();
+    if pin && (cpus.len() as u64) < procs {
+        fail(2, &format!("--pin 1: {procs} writers, but only {} online CPUs", cpus.len()));
+    }
     let area = Records::format(device.region(), procs, records, seed)
         .unwrap_or_else(|e| fail(2, &format!("{path}: {procs} x {records} records: {e}")));
     let start = Instant::now();
@@ -209,6 +342,11 @@ fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin:
                 break;
             }
             0 => {
+                if pin && let Err(e) = pin_to(cpus[w as usize]) {
+                    eprintln!("kvmshm-demo: writer {w}: {e}");
+                    // SAFETY: ends the child at once, as below.
+                    unsafe { libc::_exit(1) }
+                }
                 let mut writer = area.writer(w);
                 while writer.append() {
                     (0..spin).for_each(|i| {
@@ -233,8 +371,199 @@ fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin:
     let micros = start.elapsed().as_micros();
     let published: u64 = (0..procs).map(|w| area.published(w)).sum();
     let bytes = published * RECORD_LEN as u64;
-    println!("write: {procs} processes, {published} records, {bytes} bytes, {micros} us");
+    let pinned = if pin { ", one pinned to each" } else { "" };
+    println!(
+        "write: {procs} processes, {published} records, {bytes} bytes, {micros} us; {} online CPUs{pinned}",
+        cpus.len()
+    );
     status
+}
+
+/// Records per second with `procs` writer processes, writer w pinned to
+/// the (w mod CPUs)-th online CPU, in `rounds` rounds. The writers are
+/// forked once and sleep on a pipe between rounds; in each round the region
+/// is formatted afresh, every writer fills its block, and the round lasts
+/// from the first writer's start to the last one's end (each reads the
+/// clock in user space), so forks, exits and wake-ups stay outside it.
+/// Prints each round's rate and their median.
+fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> i32 {
+    let cpus = online_cpus();
+    let region = device.region();
+    Records::format(region, procs, records, 0)
+        .unwrap_or_else(|e| fail(2, &format!("{path}: {procs} x {records} records: {e}")));
+    let times = SharedTimes::new(procs as usize);
+    let (go_read, go_write) = pipe();
+    let (done_read, done_write) = pipe();
+    let mut children = Vec::new();
+    for w in 0..procs {
+        // SAFETY: this process has one thread; the child only writes the
+        // shared mappings it inherited and uses the pipes, and leaves with
+        // _exit, running no destructor of the parent's state.
+        match unsafe { libc::fork() } {
+            -1 => fail(1, &format!("fork of writer {w}: {}", io::Error::last_os_error())),
+            0 => {
+                if let Err(e) = pin_to(cpus[w as usize % cpus.len()]) {
+                    eprintln!("kvmshm-demo: writer {w}: {e}");
+                    // SAFETY: ends the child at once, as above.
+                    unsafe { libc::_exit(1) }
+                }
+                for fd in [go_write, done_read] {
+                    // SAFETY: the child's copies of the parent's pipe ends:
+                    // the go pipe must reach end of file when the parent
+                    // closes its end.
+                    unsafe { libc::close(fd) };
+                }
+                // One byte on the go pipe per round; end of file ends the writer.
+                while read_byte(go_read) {
+                    let start = now_ns();
+                    let written = Records::open(region).map(|area| area.writer(w).fill_block()).unwrap_or(0);
+                    times.set(w as usize, start, now_ns());
+                    write_byte(done_write, u8::from(written == records));
+                }
+                // SAFETY: as above.
+                unsafe { libc::_exit(0) }
+            }
+            pid => children.push(pid),
+        }
+    }
+    for fd in [go_read, done_write] {
+        // SAFETY: the parent's copies of the pipe ends it does not use.
+        unsafe { libc::close(fd) };
+    }
+    let mut rates = Vec::new();
+    for round in 0..rounds {
+        if round > 0 {
+            Records::format(region, procs, records, round).expect("formatted once already");
+        }
+        (0..procs).for_each(|_| write_byte(go_write, 1));
+        let complete = (0..procs).filter(|_| read_byte(done_read)).count() as u64 == procs;
+        if !complete {
+            fail(1, &format!("round {round}: a writer did not fill its block"));
+        }
+        let (start, end) = times.span(procs as usize);
+        rates.push((procs * records) as f64 / ((end - start) as f64 / 1e9));
+    }
+    // SAFETY: closing the go pipe ends the writers (end of file).
+    unsafe { libc::close(go_write) };
+    for &pid in &children {
+        let mut status = 0;
+        // SAFETY: waits for our own child; status is a valid out-pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+    let each = rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" ");
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "scale: {procs} writers on {} CPUs: {:.0} records/s, median of {rounds} rounds ({each})",
+        cpus.len(),
+        rates[rates.len() / 2]
+    );
+    0
+}
+
+/// Each writer's start and end of a round, in a shared anonymous mapping
+/// that forked writers inherit.
+struct SharedTimes(*const AtomicU64);
+
+impl SharedTimes {
+    fn new(writers: usize) -> Self {
+        let len = 2 * writers * size_of::<u64>();
+        // SAFETY: a fresh anonymous shared mapping, zeroed, never unmapped
+        // (it lives as long as the process).
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            fail(1, &format!("mapping the writers' clocks: {}", io::Error::last_os_error()));
+        }
+        Self(map.cast())
+    }
+
+    fn slot(&self, i: usize) -> &AtomicU64 {
+        // SAFETY: the mapping holds 2 * writers u64s, page-aligned, and is
+        // never unmapped; callers pass i < 2 * writers.
+        unsafe { &*self.0.add(i) }
+    }
+
+    fn set(&self, writer: usize, start: u64, end: u64) {
+        self.slot(2 * writer).store(start, Relaxed);
+        self.slot(2 * writer + 1).store(end, Relaxed);
+    }
+
+    /// The first start and the last end of `writers` writers. Each wrote its
+    /// times before its byte on the done pipe, which the caller has read.
+    fn span(&self, writers: usize) -> (u64, u64) {
+        let start = (0..writers).map(|w| self.slot(2 * w).load(Relaxed)).min().unwrap_or(0);
+        let end = (0..writers).map(|w| self.slot(2 * w + 1).load(Relaxed)).max().unwrap_or(0);
+        (start, end)
+    }
+}
+
+fn now_ns() -> u64 {
+    // SAFETY: timespec is plain data; clock_gettime writes one.
+    let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: as above (the vDSO answers it in user space).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+fn pipe() -> (libc::c_int, libc::c_int) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into `fds`.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        fail(1, &format!("pipe: {}", io::Error::last_os_error()));
+    }
+    (fds[0], fds[1])
+}
+
+/// Reads one byte: true for a non-zero byte, false at end of file or for 0.
+fn read_byte(fd: libc::c_int) -> bool {
+    let mut b = 0u8;
+    // SAFETY: reads at most one byte into `b`.
+    unsafe { libc::read(fd, (&raw mut b).cast(), 1) == 1 && b != 0 }
+}
+
+fn write_byte(fd: libc::c_int, b: u8) {
+    // SAFETY: writes one byte from `b`.
+    unsafe { libc::write(fd, (&raw const b).cast(), 1) };
+}
+
+/// The CPUs this process may run on: all online CPUs, for init's children.
+fn online_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data, valid all zero.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+        fail(1, &format!("sched_getaffinity: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: CPU_ISSET reads `set` within its size (the index is below CPU_SETSIZE).
+    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+}
+
+/// Moves this process to `cpu` for good, and checks that it runs there.
+fn pin_to(cpu: usize) -> Result<(), String> {
+    // SAFETY: as in online_cpus.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes `set` within its size (`cpu` came from CPU_ISSET).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: as in online_cpus.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+        return Err(format!("pinning to CPU {cpu}: {}", io::Error::last_os_error()));
+    }
+    // The getcpu system call rather than the vDSO's: it asks the kernel.
+    let mut now: libc::c_uint = 0;
+    // SAFETY: getcpu writes one c_uint through its first pointer; the others may be null.
+    let r = unsafe { libc::syscall(libc::SYS_getcpu, &mut now, std::ptr::null_mut::<libc::c_uint>(), 0usize) };
+    if r != 0 || now as usize != cpu {
+        return Err(format!("pinned to CPU {cpu} but runs on {now} (getcpu returned {r})"));
+    }
+    Ok(())
 }
 
 fn check_records(device: &Device, path: &str, procs: u64, records: u64) -> i32 {
