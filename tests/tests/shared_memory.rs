@@ -172,12 +172,26 @@ fn the_memory_slot_follows_bar2_when_the_guest_moves_it() {
 }
 
 #[test]
-fn as_many_devices_as_the_bus_takes_each_claimed_by_the_driver() {
+fn as_many_devices_as_the_bus_takes_each_claimed_read_and_written() {
+    const DEVICES: usize = 31;
     let scratch = Scratch::new("many-devices");
-    let files: Vec<_> = (0..31).map(|i| scratch.path(&format!("shm{i}"))).collect();
-    let shm: Vec<String> = files.iter().enumerate().map(|(i, f)| shm(f, "4K", i as u32)).collect();
+    let files: Vec<_> = (0..DEVICES).map(|i| scratch.path(&format!("shm{i}"))).collect();
+    for (i, f) in files.iter().enumerate() {
+        new_file(f, 64 << 10);
+        ok(kvmshm(&["fill", f.to_str().unwrap(), "--seed", &(100 + i).to_string()]));
+    }
+    let shm: Vec<String> = files.iter().enumerate().map(|(i, f)| shm(f, "64K", i as u32)).collect();
     let args: Vec<&str> = shm.iter().flat_map(|s| ["--shm", s.as_str()]).collect();
-    let out = run_vm("/bin/kvmshm-demo -- --device=/dev/kvmshm30 check-api", &args);
+    // /dev/kvmshmN is the device in slot N+1, whose file is number N: with
+    // `--device all`, device N checks seed 100 + N and writes with seed 7 + N.
+    let run = "/bin/kvmshm-demo -- --device=/dev/kvmshm30 check-api :: \
+        --device=all verify --seed=100 :: --device=all write --procs=1 --records=500 --seed=7";
+    let out = run_vm(run, &args);
     assert_eq!(out.code, Some(0), "{}", out.transcript());
     assert!(out.console.contains("BAR0 and BAR2 of each device claimed: OK"), "{}", out.transcript());
+    assert_eq!(out.console.matches("verify: OK").count(), DEVICES, "{}", out.transcript());
+    for f in &files {
+        let check = ok(kvmshm(&["verify", f.to_str().unwrap(), "--writers", "1", "--records", "500"]));
+        assert!(check.console.contains("all 500 records intact"), "{}: {}", f.display(), check.transcript());
+    }
 }

@@ -27,10 +27,20 @@ fn kernel_that_is_not_elf() {
 #[test]
 fn memory_out_of_range() {
     let kernel = image_file("vmlinux");
-    for mib in ["8", "4096"] {
+    for mib in ["8", "2000000"] {
         let (code, err) = vmm(&["--kernel", kernel.to_str().unwrap(), "--memory", mib]);
         assert_eq!(code, Some(125));
         assert!(err.contains(&format!("--memory {mib} MiB: the guest needs")), "{err}");
+    }
+}
+
+#[test]
+fn cpus_out_of_range() {
+    let kernel = image_file("vmlinux");
+    for cpus in ["0", "33"] {
+        let (code, err) = vmm(&["--kernel", kernel.to_str().unwrap(), "--cpus", cpus]);
+        assert_eq!(code, Some(125), "{err}");
+        assert!(err.contains(&format!("--cpus {cpus}: this VMM runs 1 to 32 vCPUs")), "{err}");
     }
 }
 
