@@ -3,13 +3,15 @@
 //! and host→guest streaming, small-message round trips, the guest mapping's
 //! memory types; measures host-only memcpy and host-only ping-pong in the
 //! same run for the ratios; boots the image again with our VMM and with QEMU
-//! microvm, in turn, for the boot times. Writes results.json, chart.svg and
-//! REPORT.md into the output directory.
+//! microvm, in turn, for the boot times; then doorbells (doorbell.rs) and
+//! scale with vCPUs and writers (scale.rs). Writes results.json, chart.svg
+//! and REPORT.md into the output directory.
 //!
 //! usage: bench [--out DIR] [--total-mib N] [--round-trips N] [--boots N] [--no-qemu]
 
 mod doorbell;
 mod report;
+mod scale;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -367,9 +369,11 @@ fn boot(cmd: Command, what: &str) -> anyhow::Result<(Duration, Duration, String)
     Ok((to_init, process, out.log))
 }
 
-/// Our VMM booting the image without devices, as QEMU's microvm does.
-fn boot_ours() -> anyhow::Result<Boot> {
-    let cmd = vmm_with(&image_file("initramfs.cpio"), BOOT_RUN, &["--memory", BOOT_MEMORY_MIB]);
+/// Our VMM with `cpus` vCPUs booting the image without devices, as QEMU's
+/// microvm does.
+fn boot_ours(cpus: u8) -> anyhow::Result<Boot> {
+    let cpus = cpus.to_string();
+    let cmd = vmm_with(&image_file("initramfs.cpio"), BOOT_RUN, &["--memory", BOOT_MEMORY_MIB, "--cpus", &cpus]);
     let (to_init, process, log) = boot(cmd, "the VMM")?;
     let ns_per_instruction = log
         .lines()
@@ -402,7 +406,7 @@ fn boots(rounds: usize, qemu: Result<&Qemu, &str>) -> anyhow::Result<(Boots, Res
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         eprintln!("bench: boot {round} of {rounds}, our VMM...");
-        let b = boot_ours()?;
+        let b = boot_ours(1)?;
         ours.push(b);
         if let Ok(q) = setup {
             eprintln!("bench: boot {round} of {rounds}, QEMU microvm...");
@@ -469,6 +473,7 @@ fn main() -> anyhow::Result<()> {
     let (boot_ours, boot_qemu) = boots(args.boots, qemu.as_ref().map_err(String::as_str))?;
     eprintln!("bench: doorbells: a guest and host peers on an ivshmem server, then two guests...");
     let doorbell = doorbell::run(&scratch, qemu.as_ref().map_err(String::as_str))?;
+    let scale = scale::run(&scratch, args.boots)?;
     let results = Results {
         machine: machine(),
         total_bytes: total,
@@ -488,8 +493,9 @@ fn main() -> anyhow::Result<()> {
     // Only where the probe found guest kernel code emulated.
     let emulated = results.boot_ours.0.iter().all(|b| b.emulated);
     let doorbell = doorbell::markdown(&doorbell, emulated.then(|| results.boot_ours.ns_per_instruction()));
-    std::fs::write(args.out.join("REPORT.md"), report::markdown(&results) + &doorbell)?;
-    print!("{}{}", report::summary(&results), doorbell);
+    let scale = scale::markdown(&scale);
+    std::fs::write(args.out.join("REPORT.md"), report::markdown(&results) + &doorbell + &scale)?;
+    print!("{}{doorbell}{scale}", report::summary(&results));
     eprintln!("bench: wrote {}", args.out.join("REPORT.md").display());
     Ok(())
 }

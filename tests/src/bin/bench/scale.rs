@@ -1,0 +1,171 @@
+//! Scale: records per second with 1, 2 and 4 writers in guests with 1, 2
+//! and 4 vCPUs (the demo's `scale`), beside the same writer code run as
+//! host threads in the same run; and boots with 1 and with 4 vCPUs.
+
+use std::fmt::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use kvmshm_tests::{Running, Scratch, vmm};
+use shm_layout::host::MappedFile;
+use shm_layout::records::Records;
+
+use crate::{Boots, boot_ours, pin_to_cpu};
+
+pub const WRITERS: [u64; 3] = [1, 2, 4];
+pub const VCPUS: [u8; 3] = [1, 2, 4];
+/// Records per writer and round: 64 MiB each.
+const RECORDS: u64 = 1 << 20;
+const ROUNDS: u64 = 5;
+const THROUGHPUT_GOAL: f64 = 0.9;
+
+pub struct ScaleResults {
+    pub host_cores: usize,
+    /// Records per second of host threads, for each of [`WRITERS`].
+    pub host: Vec<f64>,
+    /// Records per second in a guest with each of [`VCPUS`], for each of [`WRITERS`].
+    pub guest: Vec<Vec<f64>>,
+    pub boots_1: Boots,
+    pub boots_4: Boots,
+}
+
+fn region_size(writers: u64) -> u64 {
+    Records::required_size(writers, RECORDS).next_power_of_two()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The demo's `scale` as host threads: `writers` threads, thread w on core
+/// w mod cores, each filling its block per round; a round lasts from the
+/// first thread's start to the last one's end; the median of [`ROUNDS`].
+fn host_rate(path: &Path, writers: u64, cores: usize) -> anyhow::Result<f64> {
+    std::fs::File::create(path)?.set_len(region_size(writers))?;
+    let file = MappedFile::open(path)?;
+    let mut rates = Vec::new();
+    for round in 0..ROUNDS {
+        let area = Records::format(file.region(), writers, RECORDS, round)?;
+        let spans = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..writers)
+                .map(|w| {
+                    s.spawn(move || {
+                        pin_to_cpu(w as usize % cores);
+                        let start = Instant::now();
+                        let written = area.writer(w).fill_block();
+                        (start, Instant::now(), written)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().expect("a writer thread")).collect::<Vec<_>>()
+        });
+        if spans.iter().any(|&(_, _, n)| n != RECORDS) {
+            bail!("a host writer did not fill its block");
+        }
+        let start = spans.iter().map(|s| s.0).min().expect("writers");
+        let end = spans.iter().map(|s| s.1).max().expect("writers");
+        rates.push((writers * RECORDS) as f64 / (end - start).as_secs_f64());
+    }
+    std::fs::remove_file(path)?;
+    Ok(median(rates))
+}
+
+/// One boot with `vcpus` vCPUs running the demo's `scale` for each of
+/// [`WRITERS`]. The VMM is not pinned: its vCPU threads may use every core.
+fn guest_rates(scratch: &Scratch, vcpus: u8) -> anyhow::Result<Vec<f64>> {
+    let max = *WRITERS.last().expect("writers");
+    let shm = format!("path={},size={}", scratch.path("scale").display(), region_size(max));
+    let run = WRITERS
+        .iter()
+        .map(|w| format!("scale --procs={w} --records={RECORDS} --rounds={ROUNDS}"))
+        .collect::<Vec<_>>()
+        .join(" :: ");
+    let cpus = vcpus.to_string();
+    let out = Running::vmm(vmm(&format!("/bin/kvmshm-demo -- {run}"), &["--cpus", &cpus, "--shm", &shm])).finish();
+    std::fs::remove_file(scratch.path("scale"))?;
+    if out.code != Some(0) {
+        bail!("the scale run on {vcpus} vCPUs failed:\n{}", out.transcript());
+    }
+    WRITERS
+        .iter()
+        .map(|w| {
+            let prefix = format!("scale: {w} writers on {vcpus} CPUs: ");
+            out.console
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix)?.split(' ').next()?.parse().ok())
+                .with_context(|| format!("no {prefix:?} line:\n{}", out.transcript()))
+        })
+        .collect()
+}
+
+pub fn run(scratch: &Scratch, boots: usize) -> anyhow::Result<ScaleResults> {
+    // SAFETY: sysconf has no memory effects.
+    let host_cores = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1).max(1);
+    let mut host = Vec::new();
+    for w in WRITERS {
+        eprintln!("bench: scale, {w} host writer threads...");
+        host.push(host_rate(&scratch.path("scale-host"), w, host_cores)?);
+    }
+    let mut guest = Vec::new();
+    for v in VCPUS {
+        eprintln!("bench: scale, a guest with {v} vCPUs...");
+        guest.push(guest_rates(scratch, v)?);
+    }
+    let (mut one, mut four) = (Vec::new(), Vec::new());
+    for round in 1..=boots {
+        eprintln!("bench: boot {round} of {boots} with 1 vCPU, then with 4...");
+        one.push(boot_ours(1)?);
+        four.push(boot_ours(4)?);
+    }
+    Ok(ScaleResults { host_cores, host, guest, boots_1: Boots(one), boots_4: Boots(four) })
+}
+
+pub fn markdown(r: &ScaleResults) -> String {
+    let mut s = String::from(
+        "\n## Scale\n\nRecords per second (64-byte checksummed records, each writer filling a 64 MiB block of its \
+         own; median of 5 rounds), guest writer processes pinned one per vCPU in turn, beside the same writer \
+         code as host threads pinned one per core in turn, in the same run. Guest / host in brackets (goal \
+         >= 0.9).\n\n| writers | host threads |",
+    );
+    for v in VCPUS {
+        write!(s, " guest, {v} vCPU{} |", if v == 1 { "" } else { "s" }).unwrap();
+    }
+    s += "\n|---|---|";
+    s += &"---|".repeat(VCPUS.len());
+    s += "\n";
+    let mut met = true;
+    for (i, w) in WRITERS.iter().enumerate() {
+        write!(s, "| {w} | {:.1} M/s |", r.host[i] / 1e6).unwrap();
+        for rates in &r.guest {
+            let ratio = rates[i] / r.host[i];
+            met &= ratio >= THROUGHPUT_GOAL;
+            write!(s, " {:.1} M/s ({ratio:.2}) |", rates[i] / 1e6).unwrap();
+        }
+        s += "\n";
+    }
+    writeln!(
+        s,
+        "\nGoal (every guest point >= {THROUGHPUT_GOAL} x the host threads): {}. This host has {} cores: \
+         with more writers than cores, host threads and guest processes alike take turns, and a guest with \
+         more vCPUs than cores has vCPU threads that take turns on the host.\n",
+        if met { "met" } else { "not met" },
+        r.host_cores
+    )
+    .unwrap();
+    let boot = |b: &Boots| {
+        format!("{:.1} M emulated-instruction times ({:.1} s to init)", b.million_instructions(), b.to_init_s())
+    };
+    writeln!(
+        s,
+        "Boot to init, median of {}, alternating: 1 vCPU {}; 4 vCPUs {}; 4 / 1 = {:.2} in \
+         emulated-instruction times.",
+        r.boots_1.0.len(),
+        boot(&r.boots_1),
+        boot(&r.boots_4),
+        r.boots_4.million_instructions() / r.boots_1.million_instructions()
+    )
+    .unwrap();
+    s
+}
