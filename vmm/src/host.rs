@@ -21,9 +21,9 @@ use crate::{cpu, memory};
 /// keeps the initramfs's 1 MB rather than poisoning and freeing it, and the
 /// image's switches (images/patches/0006 and 0007; other kernels ignore them).
 /// INT3 and FWAIT, which Linux cannot avoid, are finished by the VMM instead
-/// (`Vm::handle_internal_error`), so that kernels without the image's
+/// ([`crate::emulator::finish_instruction`]), so that kernels without the image's
 /// patches boot too.
-pub const EMULATED_KERNEL_CMDLINE: &str = "noxsave clearcpuid=popcnt,cx16,smap,fsgsbase,rdrand,rdseed,rdpid,pku,ssse3,sse4_1,sse4_2,sha_ni,aes,pclmulqdq,avx,avx2,bmi1,bmi2,erms,fsrm,rep_good retain_initrd keep_kernel_image_gaps keep_unpatched_alternatives";
+pub const EMULATED_KERNEL_CMDLINE: &str = "noxsave clearcpuid=popcnt,cx16,smap,fsgsbase,rdrand,rdseed,rdpid,pku,ssse3,sse4_1,sse4_2,sha_ni,aes,pclmulqdq,avx,avx2,bmi1,bmi2,erms,fsrm retain_initrd keep_kernel_image_gaps keep_unpatched_alternatives";
 
 /// The image's kernel switches (images/patches/) for the two instructions
 /// that Linux cannot avoid and QEMU cannot finish where guest kernel code is
@@ -201,5 +201,13 @@ mod tests {
         assert!(slow.qemu_guest_cmdline().ends_with(QEMU_EMULATED_KERNEL_SWITCHES));
         let gap = HostKvm { kernel_popcnt_fails: true, ..native };
         assert!(gap.kernel_code_emulated());
+    }
+
+    #[test]
+    fn linux_reads_the_whole_clearcpuid_list() {
+        // cpu_parse_early_param() copies the value into a 128-byte buffer:
+        // a longer list loses its end (it once lost "rep_good" that way).
+        let list = EMULATED_KERNEL_CMDLINE.split(' ').find_map(|w| w.strip_prefix("clearcpuid=")).unwrap();
+        assert!(list.len() < 128, "{} characters", list.len());
     }
 }
