@@ -145,8 +145,9 @@ impl<'a> EchoClient<'a> {
         let mut client = Self::find_server(region, wait, timeout)?;
         if let (Some(peer), Some(server)) = (peer, client.mailbox.server_peer()) {
             // A server that joined the ivshmem server after this peer is
-            // known once the news of it, already sent, has been read.
-            while !peer.peers().contains(&server) && !peer.update().is_empty() {}
+            // known once the news of it has arrived; without it, rings fail
+            // with NoPeer, which says so.
+            peer.await_peer(server, timeout);
             client.doorbell = Some((peer, server));
         }
         let id = client.doorbell.as_ref().map(|(peer, _)| peer.id());

@@ -151,6 +151,26 @@ impl Peer {
         self.peers.get(&peer).map(Vec::as_slice)
     }
 
+    /// Takes the server's messages until `peer` is known with all its
+    /// vectors, or `timeout` has passed; returns whether it is. A peer that
+    /// another process saw join may not be known here yet: the server
+    /// welcomes a new peer before it tells the others.
+    pub fn await_peer(&mut self, peer: u16, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.peer_eventfds(peer).is_some_and(|fds| fds.len() == self.own.len()) {
+                return true;
+            }
+            if self.server_gone || Instant::now() >= deadline {
+                return false;
+            }
+            if self.update().is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = poll_readable(&[self.socket.as_raw_fd()], i32::try_from(left.as_millis()).unwrap_or(i32::MAX));
+            }
+        }
+    }
+
     /// The other peers, by id.
     pub fn peers(&self) -> Vec<u16> {
         self.peers.keys().copied().collect()
