@@ -110,24 +110,28 @@ pub fn vendor(name: &[u8; 12]) -> [u32; 3] {
     [word(0), word(4), word(8)]
 }
 
+/// The CPUID KVM supports: fetched once per VM, for every vCPU.
+pub fn supported_cpuid(kvm_fd: &Kvm) -> Result<CpuId, Error> {
+    kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("get supported CPUID"))
+}
+
 /// The CPUID KVM supports, with what a VMM adds: the hypervisor bit (so
 /// the guest looks for kvm-clock) and a topology of `config.cpus` cores in
 /// one package, one thread each, this vCPU's APIC ID being `vcpu_id`. The
 /// topology is said the ways Linux reads it: leaf 0xB (Intel), leaf
 /// 0x80000008's core count with TOPOEXT off (AMD, where KVM's leaf
-/// 0x8000001E would give every CPU APIC ID 0), and leaf 1's count.
-pub fn cpuid(kvm_fd: &Kvm, vcpu_id: u8, config: &Config) -> Result<CpuId, Error> {
+/// 0x8000001E would give every CPU APIC ID 0), leaf 1's count, and leaf
+/// 4's cores per package and threads per cache.
+fn vcpu_cpuid(supported: &[kvm_cpuid_entry2], vcpu_id: u8, config: &Config) -> Vec<kvm_cpuid_entry2> {
     const HTT: u32 = 1 << 28;
     const HYPERVISOR: u32 = 1 << 31;
     const TOPOEXT: u32 = 1 << 22;
     const LEVEL_SMT: u32 = 1 << 8;
     const LEVEL_CORE: u32 = 2 << 8;
-    let supported = kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("get supported CPUID"))?;
     let (id, n) = (u32::from(vcpu_id), u32::from(config.cpus));
     // Bits of the APIC ID that number the cores.
     let core_bits = n.next_power_of_two().trailing_zeros();
-    let mut entries: Vec<_> =
-        supported.as_slice().iter().filter(|e| e.function != 0xb && e.function != 0x1f).copied().collect();
+    let mut entries: Vec<_> = supported.iter().filter(|e| e.function != 0xb && e.function != 0x1f).copied().collect();
     for e in &mut entries {
         match e.function {
             1 => {
@@ -135,7 +139,11 @@ pub fn cpuid(kvm_fd: &Kvm, vcpu_id: u8, config: &Config) -> Result<CpuId, Error>
                 e.ecx |= HYPERVISOR;
                 e.edx = if n > 1 { e.edx | HTT } else { e.edx & !HTT };
             }
-            4 => e.eax = (e.eax & 0x03ff_ffff) | ((n - 1) << 26),
+            4 => {
+                // Level 1 and 2 caches are each core's own; level 3 is shared.
+                let shared_by = if (e.eax >> 5) & 7 >= 3 { n - 1 } else { 0 };
+                e.eax = (e.eax & 0x3fff) | (shared_by << 14) | ((n - 1) << 26);
+            }
             0x8000_0001 => e.ecx &= !TOPOEXT,
             0x8000_0008 => e.ecx = (e.ecx & !0xf0ff) | (core_bits << 12) | (n - 1),
             0x4000_0001 if !config.hypercalls => e.eax &= !KVM_HYPERCALL_FEATURES,
@@ -155,7 +163,7 @@ pub fn cpuid(kvm_fd: &Kvm, vcpu_id: u8, config: &Config) -> Result<CpuId, Error>
     entries.push(leaf_b(0, 0, 1, LEVEL_SMT));
     entries.push(leaf_b(1, core_bits, n, LEVEL_CORE));
     entries.push(leaf_b(2, 0, 0, 0));
-    CpuId::from_entries(&entries).map_err(|_| Error::CpuidTooLong)
+    entries
 }
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
@@ -166,9 +174,12 @@ const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 /// honours them, and the guest needs MTRRs on for PAT (write-combining).
 const MTRR_ENABLED_DEFAULT_WB: u64 = (1 << 11) | 6;
 
-/// Sets vCPU `vcpu_id` up as firmware leaves a CPU.
-pub fn setup(kvm_fd: &Kvm, vcpu: &VcpuFd, vcpu_id: u8, config: &Config) -> Result<(), Error> {
-    vcpu.set_cpuid2(&cpuid(kvm_fd, vcpu_id, config)?).map_err(kvm("set CPUID"))?;
+/// Sets vCPU `vcpu_id` up as firmware leaves a CPU; `supported` is
+/// [`supported_cpuid`].
+pub fn setup(supported: &CpuId, vcpu: &VcpuFd, vcpu_id: u8, config: &Config) -> Result<(), Error> {
+    let cpuid =
+        CpuId::from_entries(&vcpu_cpuid(supported.as_slice(), vcpu_id, config)).map_err(|_| Error::CpuidTooLong)?;
+    vcpu.set_cpuid2(&cpuid).map_err(kvm("set CPUID"))?;
     let msr = |index, data| kvm_msr_entry { index, data, ..Default::default() };
     let msrs = Msrs::from_entries(&[
         msr(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
@@ -204,7 +215,52 @@ fn bytemuck_regs(regs: &mut [std::os::raw::c_char]) -> &mut [u8] {
 }
 
 /// The guest's physical address width, from CPUID leaf 0x80000008 (36 bits if absent).
-pub fn phys_address_bits(kvm_fd: &Kvm) -> Result<u8, Error> {
-    let cpuid = kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("get supported CPUID"))?;
-    Ok(cpuid.as_slice().iter().find(|e| e.function == 0x8000_0008).map_or(36, |e| (e.eax & 0xff) as u8))
+pub fn phys_address_bits(supported: &CpuId) -> u8 {
+    supported.as_slice().iter().find(|e| e.function == 0x8000_0008).map_or(36, |e| (e.eax & 0xff) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(function: u32, index: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 { function, index, eax, ebx, ecx, edx, ..Default::default() }
+    }
+
+    fn find(entries: &[kvm_cpuid_entry2], function: u32, index: u32) -> kvm_cpuid_entry2 {
+        *entries.iter().find(|e| e.function == function && e.index == index).expect("leaf present")
+    }
+
+    #[test]
+    fn each_vcpu_has_its_apic_id_in_a_package_of_n_cores() {
+        let host = [
+            leaf(1, 0, 0, 0x0810_0800, 0, 0),
+            leaf(4, 0, (1 << 5) | 1, 0, 0, 0),
+            leaf(4, 3, (3 << 5) | 3, 0, 0, 0),
+            leaf(0xb, 0, 1, 2, 0x100, 7),
+            leaf(0x4000_0001, 0, 0xffff_ffff, 0, 0, 0),
+            leaf(0x8000_0001, 0, 0, 0, 1 << 22, 0),
+            leaf(0x8000_0008, 0, 0x3030, 0, 0x700f, 0),
+        ];
+        let config = Config { cpus: 3, hypercalls: false };
+        let e = vcpu_cpuid(&host, 2, &config);
+        let l1 = find(&e, 1, 0);
+        assert_eq!((l1.ebx >> 24, (l1.ebx >> 16) & 0xff), (2, 3), "APIC ID and logical count");
+        assert_ne!(l1.edx & (1 << 28), 0, "HTT: more than one logical CPU");
+        assert_ne!(l1.ecx & (1 << 31), 0, "hypervisor bit");
+        assert_eq!(find(&e, 4, 0).eax >> 14, 2 << 12, "L1: one thread, 3 cores");
+        assert_eq!(find(&e, 4, 3).eax >> 14, (2 << 12) | 2, "L3: shared by the 3");
+        assert_eq!((find(&e, 0xb, 0).ebx, find(&e, 0xb, 0).edx), (1, 2), "SMT level: one thread");
+        let core = find(&e, 0xb, 1);
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 3, 0x201, 2), "core level: 3 cores, 2 ID bits");
+        assert_eq!(find(&e, 0xb, 2).ecx, 2, "no third level");
+        assert_eq!(find(&e, 0x8000_0001, 0).ecx & (1 << 22), 0, "TOPOEXT off");
+        assert_eq!(find(&e, 0x8000_0008, 0).ecx, 0x2002, "2 core ID bits, 3 cores");
+        assert_eq!(find(&e, 0x4000_0001, 0).eax & KVM_HYPERCALL_FEATURES, 0, "no hypercall features");
+        assert_eq!(e.iter().filter(|l| l.function == 0xb).count(), 3, "the host's leaf 0xB is replaced");
+
+        let one = vcpu_cpuid(&host, 0, &Config { cpus: 1, hypercalls: true });
+        assert_eq!(find(&one, 1, 0).edx & (1 << 28), 0, "no HTT with one CPU");
+        assert_eq!(find(&one, 0x4000_0001, 0).eax, 0xffff_ffff, "hypercall features kept where they work");
+    }
 }

@@ -53,10 +53,11 @@ pub struct HostKvm {
     /// Whether `popcnt` at CPL0 stopped the probe with an emulation failure.
     pub kernel_popcnt_fails: bool,
     /// Whether the hypercall instruction Linux uses on this CPU's vendor
-    /// failed at CPL0: KVM's emulator rewrites it in guest memory when it
-    /// prefers another (in a guest kernel's read-only text that write
-    /// faults, and the kernel oopses), or did not finish it. The guest must
-    /// then make no hypercalls.
+    /// failed at CPL0: KVM's emulator rewrote it in guest memory (as it does
+    /// when it takes the host for another vendor, PVM here: VMMCALL became
+    /// VMCALL, which then never finished; in a guest kernel's read-only
+    /// text the write faults and the kernel oopses), or did not finish it.
+    /// The guest must then make no hypercalls.
     pub hypercalls_fail: bool,
 }
 
@@ -157,13 +158,19 @@ pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
 }
 
 /// Runs `vcpu` to its next exit, interrupting it after `limit`; returns
-/// whether it stopped at a HLT in time.
+/// whether it stopped at a HLT in time. (A slow host may be interrupted in
+/// a hypercall that would have finished: then the guest makes none, which
+/// costs it only the paravirtual shortcuts.)
 fn run_bounded(vcpu: &mut VcpuFd, limit: Duration) -> Result<bool, Error> {
     let kicker = Kicker::for_this_thread().map_err(Error::Watchdog)?;
     let (done, wait) = mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        if wait.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
+        let mut wait_for = limit;
+        // Kicked again and again until it returns: this thread runs no
+        // Vcpu, so a kick that lands before it enters KVM_RUN is lost.
+        while wait.recv_timeout(wait_for) == Err(RecvTimeoutError::Timeout) {
             kicker.kick();
+            wait_for = Duration::from_millis(10);
         }
     });
     let exit = match vcpu.run() {

@@ -17,9 +17,9 @@ pub enum Error {
     Slot(#[source] kvm_ioctls::Error),
 }
 
-/// `size` bytes of RAM for `vm`, in [`slots`]`(size)` memory slots from
-/// slot 0. The caller keeps the memory for as long as `vm` lives: the slots
-/// point into it.
+/// `size` bytes of RAM for `vm`, in one memory slot per region of the
+/// result, from slot 0. The caller keeps the memory for as long as `vm`
+/// lives: the slots point into it.
 pub fn create_ram(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
     let ranges = layout::ram_ranges(size);
     let regions: Vec<_> = ranges.iter().map(|r| (GuestAddress(r.start), (r.end - r.start) as usize)).collect();
@@ -38,9 +38,4 @@ pub fn create_ram(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
         unsafe { vm.set_user_memory_region(ram) }.map_err(Error::Slot)?;
     }
     Ok(mem)
-}
-
-/// How many memory slots [`create_ram`] takes for `size` bytes.
-pub fn slots(size: u64) -> u32 {
-    layout::ram_ranges(size).len() as u32
 }

@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 
 use kvm_bindings::{
-    KVMIO, kvm_fpu, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_regs, kvm_translation, kvm_userspace_memory_region,
-    kvm_vcpu_events,
+    KVMIO, kvm_fpu, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_mp_state, kvm_regs, kvm_translation,
+    kvm_userspace_memory_region, kvm_vcpu_events,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
@@ -28,6 +28,7 @@ ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
 ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
 ioctl_iowr_nr!(KVM_TRANSLATE, KVMIO, 0x85, kvm_translation);
 ioctl_ior_nr!(KVM_GET_FPU, KVMIO, 0x8c, kvm_fpu);
+ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
 ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
 ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
 ioctl_iow_nr!(KVM_SET_USER_MEMORY_REGION, KVMIO, 0x46, kvm_userspace_memory_region);
@@ -65,6 +66,7 @@ fn allowlist() -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
         KVM_SET_REGS(),
         KVM_TRANSLATE(),
         KVM_GET_FPU(),
+        KVM_GET_MP_STATE(),
         KVM_GET_VCPU_EVENTS(),
         KVM_SET_VCPU_EVENTS(),
         KVM_SET_USER_MEMORY_REGION(),

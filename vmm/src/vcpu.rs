@@ -18,7 +18,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::kvm_run;
+use kvm_bindings::{KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE, kvm_run};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
@@ -86,8 +86,12 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
     if !run.is_null() {
         // SAFETY: a non-null KVM_RUN is the kvm_run page of the Vcpu that
         // this thread owns (Vcpu is !Send): set in Vcpu::new, cleared in its
-        // Drop before the page is unmapped. KVM reads immediate_exit at the
-        // next KVM_RUN; a volatile byte store cannot tear.
+        // Drop before the page is unmapped, so the page is mapped. The
+        // handler may interrupt kvm-ioctls code of this thread that holds a
+        // reference to the page (VcpuFd::run reads the exit fields through
+        // one); immediate_exit is a byte of its own that this module alone
+        // writes, only through raw pointers, with volatile stores that
+        // cannot tear, and that only KVM reads.
         unsafe { std::ptr::write_volatile(&raw mut (*run).immediate_exit, 1) };
     }
 }
@@ -175,7 +179,7 @@ impl Vcpu {
 
     /// Runs the guest until it needs the VM's attention.
     pub fn run(&mut self, devices: &Mutex<DeviceManager>, mem: &GuestMemoryMmap) -> Result<Stop, Error> {
-        let run: *const kvm_run = self.fd.get_kvm_run();
+        let run: *mut kvm_run = self.fd.get_kvm_run();
         loop {
             if self.kicker.stop_requested() {
                 return Ok(Stop::Kicked);
@@ -214,17 +218,19 @@ impl Vcpu {
                     None
                 }
                 Ok(VcpuExit::Intr) => {
-                    self.kicked()?;
+                    self.kicked(run)?;
                     None
                 }
                 Ok(VcpuExit::MemoryFault { gpa, size, .. }) => return Err(Error::MemoryFault { gpa, size }),
                 Ok(VcpuExit::Hlt) => return Err(Error::Halted),
                 Ok(VcpuExit::FailEntry(reason, _)) => return Err(Error::FailEntry(reason)),
                 Ok(other) => return Err(Error::UnexpectedExit(format!("{other:?}"))),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    self.kicked()?;
+                Err(e) if e.errno() == libc::EINTR => {
+                    self.kicked(run)?;
                     None
                 }
+                // A vCPU waiting for its start woke without a signal.
+                Err(e) if e.errno() == libc::EAGAIN => None,
                 Err(e) if e.errno() == libc::EFAULT => return Err(Error::Efault(e)),
                 Err(e) => return Err(Error::Kvm { what: "run vCPU", source: e }),
             };
@@ -235,11 +241,17 @@ impl Vcpu {
     }
 
     /// After a kick: re-arms `KVM_RUN` (before the loop looks at the stop
-    /// flag again, so that a kick after this is not lost) and takes a sample.
-    fn kicked(&mut self) -> Result<(), Error> {
-        self.fd.set_kvm_immediate_exit(0);
+    /// flag again, so that a kick after this is not lost) and takes a
+    /// sample, if the guest has started this vCPU.
+    fn kicked(&mut self, run: *mut kvm_run) -> Result<(), Error> {
+        // SAFETY: `run` is this vCPU's kvm_run page, mapped while `self.fd`
+        // lives; immediate_exit is written only this way (see on_kick).
+        unsafe { std::ptr::write_volatile(&raw mut (*run).immediate_exit, 0) };
         if let Some(samples) = &self.samples {
-            samples.record(self.fd.get_regs().map_err(kvm("get regs"))?.rip);
+            let state = self.fd.get_mp_state().map_err(kvm("get MP state"))?.mp_state;
+            if state == KVM_MP_STATE_RUNNABLE || state == KVM_MP_STATE_HALTED {
+                samples.record(self.fd.get_regs().map_err(kvm("get regs"))?.rip);
+            }
         }
         Ok(())
     }

@@ -87,10 +87,12 @@ impl VcpuThreads {
         for t in &self.threads {
             let _ = t.go.send(Go::Run);
         }
-        let first = self.stops.recv().expect("a vCPU thread ends only after reporting its stop");
+        // Every vCPU thread reports its stop: a panic aborts the VMM (the
+        // release profile), so none can end without.
+        let first = self.stops.recv().expect("every vCPU thread reports");
         self.kickers.request_stop();
         for _ in 1..self.threads.len() {
-            match self.stops.recv().expect("as above") {
+            match self.stops.recv().expect("every vCPU thread reports") {
                 (_, Ok(Stop::Kicked)) => {}
                 (index, other) => log::info!("vCPU {index} also stopped: {other:?}"),
             }

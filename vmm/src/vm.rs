@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::Kvm;
 use log::info;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use shm_layout::host::ivshmem::Peer;
@@ -127,7 +127,7 @@ impl Vm {
         if !(1..=layout::MAX_CPUS).contains(&config.cpus) {
             return Err(Error::Cpus { cpus: config.cpus, max: layout::MAX_CPUS });
         }
-        let ram_size = config.memory_mib << 20;
+        let ram_size = config.memory_mib.saturating_mul(1 << 20);
         if !(layout::MIN_RAM..=layout::MAX_RAM).contains(&ram_size) {
             return Err(Error::MemorySize {
                 mib: config.memory_mib,
@@ -136,9 +136,10 @@ impl Vm {
             });
         }
         let kvm_fd = Kvm::new().map_err(Error::KvmOpen)?;
-        let phys_bits = cpu::phys_address_bits(&kvm_fd)?;
+        let supported_cpuid = cpu::supported_cpuid(&kvm_fd)?;
+        let phys_bits = cpu::phys_address_bits(&supported_cpuid);
         let ram_end = layout::ram_ranges(ram_size).iter().map(|r| r.end).max().unwrap_or(0);
-        if ram_end > 1 << phys_bits {
+        if ram_end > 1u64.checked_shl(phys_bits.into()).unwrap_or(u64::MAX) {
             return Err(Error::RamPastLimit { mib: config.memory_mib, phys_bits });
         }
         let host = host::probe(&kvm_fd)?;
@@ -170,7 +171,7 @@ impl Vm {
         let mut vcpu_fds = Vec::new();
         for id in 0..config.cpus {
             let fd = vm.create_vcpu(id.into()).map_err(kvm("create vCPU"))?;
-            cpu::setup(&kvm_fd, &fd, id, &cpu_config)?;
+            cpu::setup(&supported_cpuid, &fd, id, &cpu_config)?;
             vcpu_fds.push(fd);
         }
         // The bootstrap processor enters the kernel; the others wait for
@@ -182,7 +183,7 @@ impl Vm {
             reserved: vec![(layout::IOAPIC..layout::RAM_ABOVE_4G, "the APICs and KVM's TSS")],
             phys_bits,
         };
-        let hypervisor = KvmHypervisor::new(vm.clone(), memory::slots(ram_size));
+        let hypervisor = KvmHypervisor::new(vm.clone(), mem.num_regions() as u32);
         let mut devices = DeviceManager::new(space, Arc::new(hypervisor))?;
         let report = Arc::new(Mutex::new(GuestReport::default()));
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Threads)?;
@@ -212,10 +213,12 @@ impl Vm {
             .transpose()?;
         let samples = profiler.as_ref().map(Profiler::samples);
         let vcpus = VcpuThreads::spawn(vcpu_fds, &devices, &mem, samples.as_ref()).map_err(Error::Threads)?;
+        let watch = ShrinkWatch::start(backing_files, vcpus.kickers()).map_err(Error::Threads)?;
+        // Last: should anything after it fail, the locals would drop, the
+        // vCPU threads (declared after `profiler`) before the profiler.
         if let Some(profiler) = &mut profiler {
             profiler.start(vcpus.kickers(), std::time::Duration::from_millis(1)).map_err(Error::Threads)?;
         }
-        let watch = ShrinkWatch::start(backing_files, vcpus.kickers()).map_err(Error::Threads)?;
 
         Ok(Self { profiler, watch, vcpus, devices, _ram: mem, report, serial })
     }
