@@ -34,6 +34,18 @@ fn a_multi_vcpu_guest_passes_its_exit_status_through() {
 }
 
 #[test]
+fn a_panic_on_a_multi_vcpu_guest_fails_the_vmm_and_is_named() {
+    let scratch = Scratch::new("smp-panic");
+    let program = static_c_program(&scratch, "status");
+    let initrd = initrd_with(&scratch, &[("/bin/status", &program)]);
+    // As PID 1 the program's exit is fatal; the panicking vCPU stops the
+    // other before the guest resets.
+    let out = Running::vmm(vmm_with(&initrd, "rdinit=/bin/status -- 0", &["--cpus", "2"])).finish();
+    assert_eq!(out.code, Some(125), "{}", out.transcript());
+    assert!(out.log.contains("the guest kernel panicked: Attempted to kill init!"), "{}", out.transcript());
+}
+
+#[test]
 fn four_gib_of_ram_reach_the_guest() {
     let out = run_vm("/bin/kvmshm-demo -- meminfo", &["--memory", "4096"]);
     assert_eq!(out.code, Some(0), "{}", out.transcript());
@@ -56,8 +68,8 @@ fn a_64_gib_sparse_region_is_read_and_written_at_both_ends() {
     let path = scratch.path("region");
     let file = std::fs::File::create_new(&path).unwrap();
     file.set_len(SIZE).unwrap();
-    let pages = ends::pages(SIZE);
-    for index in pages {
+    let pages: Vec<u64> = ends::pages(SIZE).collect();
+    for &index in &pages {
         let mut page = [0u8; ends::PAGE];
         ends::write(&mut page, 5, index);
         file.write_all_at(&page, index * ends::PAGE as u64).unwrap();
@@ -68,7 +80,7 @@ fn a_64_gib_sparse_region_is_read_and_written_at_both_ends() {
     assert_eq!(out.code, Some(0), "{}", out.transcript());
     let line = format!("ends: pages 0 and {} of {SIZE} bytes: the host's data read, ours written", pages[1]);
     assert!(out.console.contains(&line), "missing {line:?}\n{}", out.transcript());
-    for index in pages {
+    for &index in &pages {
         let mut page = [0u8; ends::PAGE];
         file.read_exact_at(&mut page, index * ends::PAGE as u64).unwrap();
         assert!(ends::check(&page, 6, index), "page {index} holds the guest's data");

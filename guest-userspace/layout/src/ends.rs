@@ -9,9 +9,11 @@ use crate::SplitMix64;
 
 pub const PAGE: usize = 4096;
 
-/// The indices of the first and the last page of a `size`-byte region.
-pub fn pages(size: u64) -> [u64; 2] {
-    [0, (size / PAGE as u64).saturating_sub(1)]
+/// The indices of the first and the last page of a `size`-byte region
+/// (one index for a region of one page).
+pub fn pages(size: u64) -> impl Iterator<Item = u64> {
+    let last = (size / PAGE as u64).saturating_sub(1);
+    core::iter::once(0).chain((last > 0).then_some(last))
 }
 
 /// Fills `page`, page `index` of its region, for `seed`.
@@ -37,6 +39,7 @@ mod tests {
         assert!(check(&page, 7, 3));
         assert!(!check(&page, 7, 4));
         assert!(!check(&page, 8, 3));
-        assert_eq!(pages(64 << 30), [0, (64 << 30) / 4096 - 1]);
+        assert_eq!(pages(64 << 30).collect::<Vec<_>>(), [0, 16 * 1024 * 1024 - 1]);
+        assert_eq!(pages(4096).collect::<Vec<_>>(), [0], "a one-page region is written once");
     }
 }

@@ -210,7 +210,7 @@ impl Writer<'_> {
     }
 
     /// Appends until the block is full; returns how many records that took.
-    /// The writer loop of the demo's writers and of the benchmark's host
+    /// The loop of the demo's `scale` writers and of the benchmark's host
     /// threads alike.
     pub fn fill_block(&mut self) -> u64 {
         let first = self.next;

@@ -236,6 +236,9 @@ fn numbered_devices() -> Vec<(u64, String)> {
 
 fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
     match command {
+        Command::Ends { .. } | Command::Meminfo if caching.is_some() => {
+            fail(2, "--caching applies to the commands that map the whole device")
+        }
         Command::Ends { seed } => return ends(path, seed),
         Command::Meminfo => return meminfo(),
         _ => {}
@@ -280,8 +283,8 @@ fn meminfo() -> i32 {
 /// mapped (mmap at an offset): a large region could not be mapped whole.
 fn ends(path: &str, seed: u64) -> i32 {
     let (file, size) = open_region_file(path).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
-    let pages = ends::pages(size);
-    for index in pages {
+    let pages: Vec<u64> = ends::pages(size).collect();
+    for &index in &pages {
         let offset = libc::off_t::try_from(index * ends::PAGE as u64).expect("a region's size fits off_t");
         // SAFETY: a fresh shared mapping (addr NULL) of one page of an fd
         // opened read-write, checked before use and unmapped below.
@@ -313,7 +316,8 @@ fn ends(path: &str, seed: u64) -> i32 {
             fail(1, &format!("{path}: page {index} does not hold the host's data for seed {seed}"));
         }
     }
-    println!("ends: pages {} and {} of {size} bytes: the host's data read, ours written", pages[0], pages[1]);
+    let pages = pages.iter().map(u64::to_string).collect::<Vec<_>>().join(" and ");
+    println!("ends: pages {pages} of {size} bytes: the host's data read, ours written");
     0
 }
 
@@ -381,44 +385,49 @@ fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin:
 
 /// Records per second with `procs` writer processes, writer w pinned to
 /// the (w mod CPUs)-th online CPU, in `rounds` rounds. The writers are
-/// forked once and sleep on a pipe between rounds; in each round the region
-/// is formatted afresh, every writer fills its block, and the round lasts
-/// from the first writer's start to the last one's end (each reads the
-/// clock in user space), so forks, exits and wake-ups stay outside it.
-/// Prints each round's rate and their median.
+/// forked once and sleep on a pipe of their own between rounds; in each
+/// round the region is formatted afresh, every writer fills its block, and
+/// the round lasts from the first writer's start to the last one's end
+/// (each reads the clock in user space), so forks and exits stay outside
+/// it (a writer that wakes late is inside it). Prints each round's rate
+/// and their median.
 fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> i32 {
     let cpus = online_cpus();
     let region = device.region();
     Records::format(region, procs, records, 0)
         .unwrap_or_else(|e| fail(2, &format!("{path}: {procs} x {records} records: {e}")));
     let times = SharedTimes::new(procs as usize);
-    let (go_read, go_write) = pipe();
-    let (done_read, done_write) = pipe();
+    // Per writer: the parent writes a byte on `go` for each round, the
+    // writer one on `done` when it has filled its block (0 if it could
+    // not). A writer that dies closes its `done`: end of file.
+    let go: Vec<_> = (0..procs).map(|_| pipe()).collect();
+    let done: Vec<_> = (0..procs).map(|_| pipe()).collect();
     let mut children = Vec::new();
-    for w in 0..procs {
+    for w in 0..procs as usize {
         // SAFETY: this process has one thread; the child only writes the
-        // shared mappings it inherited and uses the pipes, and leaves with
+        // shared mappings it inherited and uses its pipes, and leaves with
         // _exit, running no destructor of the parent's state.
         match unsafe { libc::fork() } {
             -1 => fail(1, &format!("fork of writer {w}: {}", io::Error::last_os_error())),
             0 => {
-                if let Err(e) = pin_to(cpus[w as usize % cpus.len()]) {
+                let (my_go, my_done) = (go[w].0, done[w].1);
+                for fd in go.iter().chain(&done).flat_map(|&(r, wr)| [r, wr]).filter(|&fd| fd != my_go && fd != my_done)
+                {
+                    // SAFETY: another writer's pipe ends or the parent's:
+                    // closed so that each pipe's end of file means what it says.
+                    unsafe { libc::close(fd) };
+                }
+                if let Err(e) = pin_to(cpus[w % cpus.len()]) {
                     eprintln!("kvmshm-demo: writer {w}: {e}");
                     // SAFETY: ends the child at once, as above.
                     unsafe { libc::_exit(1) }
                 }
-                for fd in [go_write, done_read] {
-                    // SAFETY: the child's copies of the parent's pipe ends:
-                    // the go pipe must reach end of file when the parent
-                    // closes its end.
-                    unsafe { libc::close(fd) };
-                }
-                // One byte on the go pipe per round; end of file ends the writer.
-                while read_byte(go_read) {
+                // End of file on `go` ends the writer.
+                while read_byte(my_go) {
                     let start = now_ns();
-                    let written = Records::open(region).map(|area| area.writer(w).fill_block()).unwrap_or(0);
-                    times.set(w as usize, start, now_ns());
-                    write_byte(done_write, u8::from(written == records));
+                    let written = Records::open(region).map(|area| area.writer(w as u64).fill_block()).unwrap_or(0);
+                    times.set(w, start, now_ns());
+                    write_byte(my_done, u8::from(written == records));
                 }
                 // SAFETY: as above.
                 unsafe { libc::_exit(0) }
@@ -426,8 +435,8 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
             pid => children.push(pid),
         }
     }
-    for fd in [go_read, done_write] {
-        // SAFETY: the parent's copies of the pipe ends it does not use.
+    for fd in go.iter().map(|p| p.0).chain(done.iter().map(|p| p.1)) {
+        // SAFETY: the writers' ends of the pipes, which the parent does not use.
         unsafe { libc::close(fd) };
     }
     let mut rates = Vec::new();
@@ -435,16 +444,18 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
         if round > 0 {
             Records::format(region, procs, records, round).expect("formatted once already");
         }
-        (0..procs).for_each(|_| write_byte(go_write, 1));
-        let complete = (0..procs).filter(|_| read_byte(done_read)).count() as u64 == procs;
+        go.iter().for_each(|p| write_byte(p.1, 1));
+        let complete = done.iter().filter(|p| read_byte(p.0)).count() as u64 == procs;
         if !complete {
-            fail(1, &format!("round {round}: a writer did not fill its block"));
+            fail(1, &format!("round {round}: a writer did not fill its block, or died"));
         }
         let (start, end) = times.span(procs as usize);
         rates.push((procs * records) as f64 / ((end - start) as f64 / 1e9));
     }
-    // SAFETY: closing the go pipe ends the writers (end of file).
-    unsafe { libc::close(go_write) };
+    for fd in go.iter().map(|p| p.1).chain(done.iter().map(|p| p.0)) {
+        // SAFETY: the parent's ends; closing `go` ends the writers.
+        unsafe { libc::close(fd) };
+    }
     for &pid in &children {
         let mut status = 0;
         // SAFETY: waits for our own child; status is a valid out-pointer.

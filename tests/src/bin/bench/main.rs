@@ -398,12 +398,12 @@ fn boot_qemu(setup: &Qemu, ours: &Boot) -> anyhow::Result<Boot> {
 }
 
 /// `rounds` boots of our VMM, each followed by one of QEMU's if there is a
-/// QEMU: the two see the same conditions, and each QEMU boot is counted in
-/// emulated instructions with the probe of the VMM's boot just before it.
-/// Returns QEMU's boots or why there are none.
-fn boots(rounds: usize, qemu: Result<&Qemu, &str>) -> anyhow::Result<(Boots, Result<QemuBoots, String>)> {
+/// QEMU and by one of ours with 4 vCPUs: all see the same conditions, and
+/// each QEMU boot is counted in emulated instructions with the probe of the
+/// VMM's boot just before it. Returns QEMU's boots or why there are none.
+fn boots(rounds: usize, qemu: Result<&Qemu, &str>) -> anyhow::Result<(Boots, Boots, Result<QemuBoots, String>)> {
     let mut setup = qemu.map_err(str::to_string);
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours, mut ours_4, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         eprintln!("bench: boot {round} of {rounds}, our VMM...");
         let b = boot_ours(1)?;
@@ -415,8 +415,10 @@ fn boots(rounds: usize, qemu: Result<&Qemu, &str>) -> anyhow::Result<(Boots, Res
                 Err(e) => setup = Err(format!("QEMU did not boot: {e:#}")),
             }
         }
+        eprintln!("bench: boot {round} of {rounds}, our VMM with 4 vCPUs...");
+        ours_4.push(boot_ours(4)?);
     }
-    Ok((Boots(ours), setup.map(|q| QemuBoots { cpu: q.cpu.clone(), boots: Boots(theirs) })))
+    Ok((Boots(ours), Boots(ours_4), setup.map(|q| QemuBoots { cpu: q.cpu.clone(), boots: Boots(theirs) })))
 }
 
 fn machine() -> Vec<(String, String)> {
@@ -470,10 +472,10 @@ fn main() -> anyhow::Result<()> {
     } else {
         Err("not run (--no-qemu)".to_string())
     };
-    let (boot_ours, boot_qemu) = boots(args.boots, qemu.as_ref().map_err(String::as_str))?;
+    let (boot_ours, boot_ours_4, boot_qemu) = boots(args.boots, qemu.as_ref().map_err(String::as_str))?;
     eprintln!("bench: doorbells: a guest and host peers on an ivshmem server, then two guests...");
     let doorbell = doorbell::run(&scratch, qemu.as_ref().map_err(String::as_str))?;
-    let scale = scale::run(&scratch, args.boots)?;
+    let scale = scale::run(&scratch)?;
     let results = Results {
         machine: machine(),
         total_bytes: total,
@@ -493,7 +495,7 @@ fn main() -> anyhow::Result<()> {
     // Only where the probe found guest kernel code emulated.
     let emulated = results.boot_ours.0.iter().all(|b| b.emulated);
     let doorbell = doorbell::markdown(&doorbell, emulated.then(|| results.boot_ours.ns_per_instruction()));
-    let scale = scale::markdown(&scale);
+    let scale = scale::markdown(&scale, &results.boot_ours, &boot_ours_4);
     std::fs::write(args.out.join("REPORT.md"), report::markdown(&results) + &doorbell + &scale)?;
     print!("{}{doorbell}{scale}", report::summary(&results));
     eprintln!("bench: wrote {}", args.out.join("REPORT.md").display());
