@@ -209,12 +209,14 @@ impl Writer<'_> {
         true
     }
 
-    /// Appends until the block is full; returns how many records that took.
-    /// The loop of the demo's `scale` writers and of the benchmark's host
-    /// threads alike.
-    pub fn fill_block(&mut self) -> u64 {
+    /// Appends until the block is full or `go_on` says stop (asked after
+    /// every 1,024 records, so at least those are written even by a writer
+    /// that was preempted past its deadline); returns how many records were
+    /// appended. The loop of the demo's `scale` writers and of the
+    /// benchmark's host threads alike.
+    pub fn fill_block_while(&mut self, mut go_on: impl FnMut() -> bool) -> u64 {
         let first = self.next;
-        while self.append() {}
+        while (self.next == first || !self.next.is_multiple_of(1024) || go_on()) && self.append() {}
         self.next - first
     }
 }

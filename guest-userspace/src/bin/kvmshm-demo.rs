@@ -386,11 +386,12 @@ fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin:
 /// Records per second with `procs` writer processes, writer w pinned to
 /// the (w mod CPUs)-th online CPU, in `rounds` rounds. The writers are
 /// forked once and sleep on a pipe of their own between rounds; in each
-/// round the region is formatted afresh, every writer fills its block, and
-/// the round lasts from the first writer's start to the last one's end
-/// (each reads the clock in user space), so forks and exits stay outside
-/// it (a writer that wakes late is inside it). Prints each round's rate
-/// and their median.
+/// round the region is formatted afresh and every writer appends until its
+/// block is full or it has written for [`SCALE_ROUND`]; the rate is all
+/// their records over the time from the first writer's start to the last
+/// one's end (each reads the clock in user space), so forks and exits stay
+/// outside it (a writer that wakes late is inside it). Prints each round's
+/// rate and their median.
 fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> i32 {
     let cpus = online_cpus();
     let region = device.region();
@@ -425,9 +426,12 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
                 // End of file on `go` ends the writer.
                 while read_byte(my_go) {
                     let start = now_ns();
-                    let written = Records::open(region).map(|area| area.writer(w as u64).fill_block()).unwrap_or(0);
-                    times.set(w, start, now_ns());
-                    write_byte(my_done, u8::from(written == records));
+                    let deadline = start + SCALE_ROUND.as_nanos() as u64;
+                    let written = Records::open(region)
+                        .map(|area| area.writer(w as u64).fill_block_while(|| now_ns() < deadline))
+                        .unwrap_or(0);
+                    times.set(w, start, now_ns(), written);
+                    write_byte(my_done, u8::from(written > 0));
                 }
                 // SAFETY: as above.
                 unsafe { libc::_exit(0) }
@@ -447,10 +451,10 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
         go.iter().for_each(|p| write_byte(p.1, 1));
         let complete = done.iter().filter(|p| read_byte(p.0)).count() as u64 == procs;
         if !complete {
-            fail(1, &format!("round {round}: a writer did not fill its block, or died"));
+            fail(1, &format!("round {round}: a writer wrote nothing, or died"));
         }
-        let (start, end) = times.span(procs as usize);
-        rates.push((procs * records) as f64 / ((end - start) as f64 / 1e9));
+        let (start, end, written) = times.span(procs as usize);
+        rates.push(written as f64 / ((end - start) as f64 / 1e9));
     }
     for fd in go.iter().map(|p| p.1).chain(done.iter().map(|p| p.0)) {
         // SAFETY: the parent's ends; closing `go` ends the writers.
@@ -471,13 +475,16 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
     0
 }
 
-/// Each writer's start and end of a round, in a shared anonymous mapping
-/// that forked writers inherit.
+/// How long a `scale` writer appends in a round, at most.
+const SCALE_ROUND: Duration = Duration::from_millis(500);
+
+/// Each writer's start, end and records of a round, in a shared anonymous
+/// mapping that forked writers inherit.
 struct SharedTimes(*const AtomicU64);
 
 impl SharedTimes {
     fn new(writers: usize) -> Self {
-        let len = 2 * writers * size_of::<u64>();
+        let len = 3 * writers * size_of::<u64>();
         // SAFETY: a fresh anonymous shared mapping, zeroed, never unmapped
         // (it lives as long as the process).
         let map = unsafe {
@@ -497,22 +504,25 @@ impl SharedTimes {
     }
 
     fn slot(&self, i: usize) -> &AtomicU64 {
-        // SAFETY: the mapping holds 2 * writers u64s, page-aligned, and is
-        // never unmapped; callers pass i < 2 * writers.
+        // SAFETY: the mapping holds 3 * writers u64s, page-aligned, and is
+        // never unmapped; callers pass i < 3 * writers.
         unsafe { &*self.0.add(i) }
     }
 
-    fn set(&self, writer: usize, start: u64, end: u64) {
-        self.slot(2 * writer).store(start, Relaxed);
-        self.slot(2 * writer + 1).store(end, Relaxed);
+    fn set(&self, writer: usize, start: u64, end: u64, written: u64) {
+        self.slot(3 * writer).store(start, Relaxed);
+        self.slot(3 * writer + 1).store(end, Relaxed);
+        self.slot(3 * writer + 2).store(written, Relaxed);
     }
 
-    /// The first start and the last end of `writers` writers. Each wrote its
-    /// times before its byte on the done pipe, which the caller has read.
-    fn span(&self, writers: usize) -> (u64, u64) {
-        let start = (0..writers).map(|w| self.slot(2 * w).load(Relaxed)).min().unwrap_or(0);
-        let end = (0..writers).map(|w| self.slot(2 * w + 1).load(Relaxed)).max().unwrap_or(0);
-        (start, end)
+    /// The first start, the last end and the records of `writers` writers.
+    /// Each stored them before its byte on the done pipe, which the caller
+    /// has read.
+    fn span(&self, writers: usize) -> (u64, u64, u64) {
+        let start = (0..writers).map(|w| self.slot(3 * w).load(Relaxed)).min().unwrap_or(0);
+        let end = (0..writers).map(|w| self.slot(3 * w + 1).load(Relaxed)).max().unwrap_or(0);
+        let written = (0..writers).map(|w| self.slot(3 * w + 2).load(Relaxed)).sum();
+        (start, end, written)
     }
 }
 
