@@ -60,14 +60,20 @@ pub struct GuestSpace {
 }
 
 impl GuestSpace {
-    fn limit(&self) -> u64 {
+    /// The first address past the guest's physical address width.
+    pub fn limit(&self) -> u64 {
         1u64.checked_shl(self.phys_bits.into()).unwrap_or(u64::MAX)
+    }
+
+    /// The first address past RAM.
+    pub fn ram_end(&self) -> u64 {
+        self.ram.iter().map(|r| r.end).max().unwrap_or(0)
     }
 
     /// Where memory BARs go at boot: the 64-bit PCI window, from the first
     /// GiB boundary past both RAM and 4 GiB (see [`layout`]).
     fn mmio64_start(&self) -> u64 {
-        self.ram.iter().map(|r| r.end).fold(layout::RAM_ABOVE_4G, u64::max).next_multiple_of(1 << 30)
+        self.ram_end().max(layout::RAM_ABOVE_4G).next_multiple_of(1 << 30)
     }
 }
 

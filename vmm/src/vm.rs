@@ -137,10 +137,13 @@ impl Vm {
         }
         let kvm_fd = Kvm::new().map_err(Error::KvmOpen)?;
         let supported_cpuid = cpu::supported_cpuid(&kvm_fd)?;
-        let phys_bits = cpu::phys_address_bits(&supported_cpuid);
-        let ram_end = layout::ram_ranges(ram_size).iter().map(|r| r.end).max().unwrap_or(0);
-        if ram_end > 1u64.checked_shl(phys_bits.into()).unwrap_or(u64::MAX) {
-            return Err(Error::RamPastLimit { mib: config.memory_mib, phys_bits });
+        let space = GuestSpace {
+            ram: layout::ram_ranges(ram_size),
+            reserved: vec![(layout::IOAPIC..layout::RAM_ABOVE_4G, "the APICs and KVM's TSS")],
+            phys_bits: cpu::phys_address_bits(&supported_cpuid),
+        };
+        if space.ram_end() > space.limit() {
+            return Err(Error::RamPastLimit { mib: config.memory_mib, phys_bits: space.phys_bits });
         }
         let host = host::probe(&kvm_fd)?;
         log_host(&host);
@@ -178,11 +181,6 @@ impl Vm {
         // the guest to start them.
         cpu::setup_long_mode(&mem, &vcpu_fds[0], kernel.entry, layout::ZERO_PAGE)?;
 
-        let space = GuestSpace {
-            ram: layout::ram_ranges(ram_size),
-            reserved: vec![(layout::IOAPIC..layout::RAM_ABOVE_4G, "the APICs and KVM's TSS")],
-            phys_bits,
-        };
         let hypervisor = KvmHypervisor::new(vm.clone(), mem.num_regions() as u32);
         let mut devices = DeviceManager::new(space, Arc::new(hypervisor))?;
         let report = Arc::new(Mutex::new(GuestReport::default()));
