@@ -335,6 +335,15 @@ pub fn initrd_with(scratch: &Scratch, files: &[(&str, &Path)]) -> PathBuf {
     path
 }
 
+/// Boots the VM with the image plus `tests/programs/status.c` as
+/// /bin/status, `cmdline` and `extra` VMM arguments, to its end.
+pub fn run_status_program(test: &str, cmdline: &str, extra: &[&str]) -> VmResult {
+    let scratch = Scratch::new(test);
+    let program = static_c_program(&scratch, "status");
+    let initrd = initrd_with(&scratch, &[("/bin/status", &program)]);
+    Running::vmm(vmm_with(&initrd, cmdline, extra)).finish()
+}
+
 /// Runs the host tool `kvmshm` and returns its status and output.
 pub fn kvmshm(args: &[&str]) -> VmResult {
     VmResult::from_output(Command::new(host_binary("kvmshm")).args(args).output().expect("start kvmshm"))

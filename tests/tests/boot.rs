@@ -1,14 +1,11 @@
 //! Issue 3: the VMM boots the image to user space, runs any static program
 //! named by run=, and ends with that program's status or a named failure.
 
-use kvmshm_tests::{Running, Scratch, initrd_with, static_c_program, vmm_with};
+use kvmshm_tests::run_status_program;
 
 #[test]
 fn runs_a_foreign_static_program_and_returns_its_status() {
-    let scratch = Scratch::new("foreign");
-    let program = static_c_program(&scratch, "status");
-    let initrd = initrd_with(&scratch, &[("/bin/status", &program)]);
-    let out = Running::vmm(vmm_with(&initrd, "run=/bin/status -- first-arg 42", &[])).finish();
+    let out = run_status_program("foreign", "run=/bin/status -- first-arg 42", &[]);
     assert_eq!(out.code, Some(42), "{}", out.transcript());
     assert!(out.console.contains("status.c argv[1]=first-arg"), "{}", out.transcript());
     assert!(out.console.contains("kvmshm-init: exit status 42"), "{}", out.transcript());
@@ -23,11 +20,8 @@ fn runs_a_foreign_static_program_and_returns_its_status() {
 
 #[test]
 fn a_guest_kernel_panic_fails_the_vmm_and_is_named() {
-    let scratch = Scratch::new("panic");
-    let program = static_c_program(&scratch, "status");
-    let initrd = initrd_with(&scratch, &[("/bin/status", &program)]);
     // As PID 1 the program's exit is fatal: "Attempted to kill init!".
-    let out = Running::vmm(vmm_with(&initrd, "rdinit=/bin/status -- 0", &[])).finish();
+    let out = run_status_program("panic", "rdinit=/bin/status -- 0", &[]);
     assert_eq!(out.code, Some(125), "{}", out.transcript());
     assert!(out.log.contains("the guest kernel panicked: Attempted to kill init!"), "{}", out.transcript());
 }

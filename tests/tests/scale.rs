@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-use kvmshm_tests::{Running, Scratch, initrd_with, kvmshm, run_vm, static_c_program, vmm_with};
+use kvmshm_tests::{Scratch, kvmshm, run_status_program, run_vm};
 use shm_layout::ends;
 
 #[test]
@@ -25,22 +25,16 @@ fn four_vcpus_run_four_pinned_writers_and_the_host_checks_every_record() {
 
 #[test]
 fn a_multi_vcpu_guest_passes_its_exit_status_through() {
-    let scratch = Scratch::new("smp-status");
-    let program = static_c_program(&scratch, "status");
-    let initrd = initrd_with(&scratch, &[("/bin/status", &program)]);
-    let out = Running::vmm(vmm_with(&initrd, "run=/bin/status -- x 42", &["--cpus", "3"])).finish();
+    let out = run_status_program("smp-status", "run=/bin/status -- x 42", &["--cpus", "3"]);
     assert_eq!(out.code, Some(42), "{}", out.transcript());
     assert!(out.console.contains("kvmshm-init: exit status 42"), "{}", out.transcript());
 }
 
 #[test]
 fn a_panic_on_a_multi_vcpu_guest_fails_the_vmm_and_is_named() {
-    let scratch = Scratch::new("smp-panic");
-    let program = static_c_program(&scratch, "status");
-    let initrd = initrd_with(&scratch, &[("/bin/status", &program)]);
     // As PID 1 the program's exit is fatal; the panicking vCPU stops the
     // other before the guest resets.
-    let out = Running::vmm(vmm_with(&initrd, "rdinit=/bin/status -- 0", &["--cpus", "2"])).finish();
+    let out = run_status_program("smp-panic", "rdinit=/bin/status -- 0", &["--cpus", "2"]);
     assert_eq!(out.code, Some(125), "{}", out.transcript());
     assert!(out.log.contains("the guest kernel panicked: Attempted to kill init!"), "{}", out.transcript());
 }
