@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the guest into images/out/: vmlinux, the driver module, the static
-# guest programs and initramfs.cpio. Expensive outputs (kernel source and
+# Builds the guest into images/out/ (one vCPU) and images/out/smp/ (vmm
+# --cpus N): vmlinux, the driver module and initramfs.cpio with the static
+# guest programs. Expensive outputs (kernel source and
 # build) are cached under $KVMSHM_CACHE, keyed by a hash of their inputs, so a
 # second run with nothing changed takes seconds.
 #
@@ -124,75 +125,96 @@ else
 	fi
 fi
 
-step="kernel build"
-kernel_id=$(input_hash "$src_id" "$here/guest.config" "$toolchain_id")
-kbuild="$cache/linux/build-$kernel_id"
-if [ ! -f "$kbuild/.kvmshm-ready" ] || [ -n "${KERNEL_SRC:-}" ]; then
-	log "building the kernel in $kbuild (4 to 9 minutes cold on 2 cores)"
+# Two kernels from one source: a uniprocessor one for one vCPU, the default,
+# and one with CONFIG_SMP for `vmm --cpus N`. SMP makes a one-vCPU boot about
+# 1.5 times longer here (README, "Boot time"), so a one-vCPU guest does not
+# pay for it. Each has its own driver build (module ABI differs with SMP) and
+# initramfs; the guest programs are shared.
+#   images/out/      vmlinux, kvmshm.ko, initramfs.cpio (UP), init, kvmshm-demo
+#   images/out/smp/  vmlinux, kvmshm.ko, initramfs.cpio (SMP)
+
+# Builds the kernel with guest.config and the fragment $1 (cached); sets kbuild.
+build_kernel() {
+	local fragment=$1 kernel_id wrong_opts
+	step="kernel build ($(basename "$fragment"))"
+	kernel_id=$(input_hash "$src_id" "$here/guest.config" "$fragment" "$toolchain_id")
+	kbuild="$cache/linux/build-$kernel_id"
+	if [ -f "$kbuild/.kvmshm-ready" ] && [ -z "${KERNEL_SRC:-}" ]; then return; fi
+	log "building the $(basename "$fragment" .config) kernel in $kbuild (4 to 10 minutes cold on 2 cores)"
 	mkdir -p "$kbuild"
 	rm -f "$kbuild/.kvmshm-ready"
 	"${kmake[@]}" -s -C "$src" O="$kbuild" tinyconfig
-	"$src/scripts/kconfig/merge_config.sh" -m -O "$kbuild" "$kbuild/.config" "$here/guest.config" >/dev/null
+	"$src/scripts/kconfig/merge_config.sh" -m -O "$kbuild" "$kbuild/.config" "$here/guest.config" "$fragment" >/dev/null
 	"${kmake[@]}" -s -C "$src" O="$kbuild" olddefconfig
 	# merge_config would only warn; an option that did not stick is an error.
 	wrong_opts=$({
-		grep -E '^CONFIG_[A-Z0-9_]+=y' "$here/guest.config" | while read -r opt; do
+		grep -hE '^CONFIG_[A-Z0-9_]+=' "$here/guest.config" "$fragment" | while read -r opt; do
 			grep -qx "$opt" "$kbuild/.config" || echo "$opt"; done
-		sed -nE 's/^# (CONFIG_[A-Z0-9_]+) is not set$/\1/p' "$here/guest.config" | while read -r opt; do
+		sed -nE 's/^# (CONFIG_[A-Z0-9_]+) is not set$/\1/p' "$here/guest.config" "$fragment" | while read -r opt; do
 			if grep -q "^$opt=" "$kbuild/.config"; then echo "$opt (should be off)"; fi; done
 	} | tr '\n' ' ')
-	[ -z "$wrong_opts" ] || { echo "options not as guest.config asks: $wrong_opts" >&2; false; }
+	[ -z "$wrong_opts" ] || { echo "options not as guest.config and $fragment ask: $wrong_opts" >&2; false; }
 	"${kmake[@]}" -s -C "$src" O="$kbuild" vmlinux modules
 	touch "$kbuild/.kvmshm-ready"
-fi
+}
 
 # Each output is written beside its final name, then renamed: an interrupted
 # run never leaves a half-written file that a later run would take for good.
-install_out() { cp "$1" "$out/.$2.tmp" && mv -f "$out/.$2.tmp" "$out/$2"; }
-mkdir -p "$out"
-step="install vmlinux"
-cmp -s "$kbuild/vmlinux" "$out/vmlinux" 2>/dev/null || install_out "$kbuild/vmlinux" vmlinux
-
-step="guest driver"
-driver_id=$(input_hash "$kernel_id" $(find "$top/guest-driver" -type f | sort))
-dbuild="$cache/driver/$driver_id"
-if [ ! -f "$dbuild/.kvmshm-ready" ]; then
-	log "building guest-driver"
-	rm -rf "$dbuild" && mkdir -p "$dbuild" && cp -r "$top/guest-driver/." "$dbuild/"
-	"${kmake[@]}" -s -C "$kbuild" M="$dbuild" modules
-	touch "$dbuild/.kvmshm-ready"
-fi
-install_out "$dbuild/kvmshm.ko" kvmshm.ko
+install_out() { cp "$1" "$2/.$3.tmp" && mv -f "$2/.$3.tmp" "$2/$3"; }
 
 step="guest user space"
 (cd "$top" && cargo build --quiet --locked --profile guest --target "$musl_target" -p guest-userspace)
 guest_bins="$top/target/$musl_target/guest"
+mkdir -p "$out"
 programs=(init kvmshm-demo)
-for p in "${programs[@]}"; do install_out "$guest_bins/$p" "$p"; done
+for p in "${programs[@]}"; do install_out "$guest_bins/$p" "$out" "$p"; done
 
-step="initramfs"
-list="$out/.initramfs.list"
-{
-	echo "dir /dev 0755 0 0"
-	echo "nod /dev/console 0600 0 0 c 5 1"
-	echo "dir /proc 0755 0 0"
-	echo "dir /sys 0755 0 0"
-	echo "dir /tmp 1777 0 0"
-	echo "dir /bin 0755 0 0"
-	echo "dir /lib 0755 0 0"
-	echo "file /init $out/init 0755 0 0"
-	echo "file /bin/kvmshm-demo $out/kvmshm-demo 0755 0 0"
-	echo "file /lib/kvmshm.ko $out/kvmshm.ko 0644 0 0"
-	if [ "${IMAGE_SHELL:-0}" = 1 ]; then
-		echo "file /bin/busybox /bin/busybox 0755 0 0"
-		echo "slink /bin/sh busybox 0777 0 0"
+# Installs the kernel in $kbuild, its driver and an initramfs into $1.
+install_image() {
+	local dir=$1 driver_id dbuild list
+	mkdir -p "$dir"
+	step="install vmlinux into $dir"
+	cmp -s "$kbuild/vmlinux" "$dir/vmlinux" 2>/dev/null || install_out "$kbuild/vmlinux" "$dir" vmlinux
+
+	step="guest driver for $kbuild"
+	driver_id=$(input_hash "$kbuild" $(find "$top/guest-driver" -type f | sort))
+	dbuild="$cache/driver/$driver_id"
+	if [ ! -f "$dbuild/.kvmshm-ready" ]; then
+		log "building guest-driver against $(basename "$kbuild")"
+		rm -rf "$dbuild" && mkdir -p "$dbuild" && cp -r "$top/guest-driver/." "$dbuild/"
+		"${kmake[@]}" -s -C "$kbuild" M="$dbuild" modules
+		touch "$dbuild/.kvmshm-ready"
 	fi
-	for extra in ${IMAGE_EXTRA:-}; do
-		echo "file /bin/$(basename "$extra") $extra 0755 0 0"
-	done
-} >"$list"
-"$kbuild/usr/gen_init_cpio" "$list" >"$out/.initramfs.cpio.tmp"
-mv -f "$out/.initramfs.cpio.tmp" "$out/initramfs.cpio"
-rm -f "$list"
+	install_out "$dbuild/kvmshm.ko" "$dir" kvmshm.ko
 
-log "done: $(cd "$out" && ls -s --block-size=K vmlinux kvmshm.ko initramfs.cpio | tr '\n' ' ')"
+	step="initramfs in $dir"
+	list="$dir/.initramfs.list"
+	{
+		echo "dir /dev 0755 0 0"
+		echo "nod /dev/console 0600 0 0 c 5 1"
+		echo "dir /proc 0755 0 0"
+		echo "dir /sys 0755 0 0"
+		echo "dir /tmp 1777 0 0"
+		echo "dir /bin 0755 0 0"
+		echo "dir /lib 0755 0 0"
+		echo "file /init $out/init 0755 0 0"
+		echo "file /bin/kvmshm-demo $out/kvmshm-demo 0755 0 0"
+		echo "file /lib/kvmshm.ko $dir/kvmshm.ko 0644 0 0"
+		if [ "${IMAGE_SHELL:-0}" = 1 ]; then
+			echo "file /bin/busybox /bin/busybox 0755 0 0"
+			echo "slink /bin/sh busybox 0777 0 0"
+		fi
+		for extra in ${IMAGE_EXTRA:-}; do
+			echo "file /bin/$(basename "$extra") $extra 0755 0 0"
+		done
+	} >"$list"
+	"$kbuild/usr/gen_init_cpio" "$list" >"$dir/.initramfs.cpio.tmp"
+	mv -f "$dir/.initramfs.cpio.tmp" "$dir/initramfs.cpio"
+	rm -f "$list"
+	log "$dir: $(cd "$dir" && ls -s --block-size=K vmlinux kvmshm.ko initramfs.cpio | tr '\n' ' ')"
+}
+
+build_kernel "$here/up.config"
+install_image "$out"
+build_kernel "$here/smp.config"
+install_image "$out/smp"

@@ -1,5 +1,7 @@
 //! Helpers for the host-side tests and the benchmark: they boot the real VMM
-//! (target/release/vmm) with the real guest image (images/out/), as a user would.
+//! (target/release/vmm) with the real guest image, as a user would: the
+//! one-vCPU image in images/out/, or the SMP one in images/out/smp/ for a VM
+//! started with `--cpus` above 1.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -28,9 +30,18 @@ pub fn host_binary(name: &str) -> PathBuf {
     path
 }
 
+/// A file of the one-vCPU image.
 pub fn image_file(name: &str) -> PathBuf {
-    let path = repo().join("images/out").join(name);
-    assert!(path.exists(), "{} is missing: build the guest image with images/build.sh first", path.display());
+    image_file_for(&[], name)
+}
+
+/// A file of the image that runs a VMM with arguments `extra`: the SMP image
+/// if they ask for more than one vCPU.
+pub fn image_file_for(extra: &[&str], name: &str) -> PathBuf {
+    let cpus = extra.iter().position(|&a| a == "--cpus").and_then(|i| extra.get(i + 1)?.parse::<u32>().ok());
+    let dir = if cpus.is_some_and(|n| n > 1) { "images/out/smp" } else { "images/out" };
+    let path = repo().join(dir).join(name);
+    assert!(path.exists(), "{} is missing: build the guest images with images/build.sh first", path.display());
     path
 }
 
@@ -66,12 +77,13 @@ impl Drop for Scratch {
     }
 }
 
-/// A VMM command line for the test kernel with `initrd` and `cmdline`.
+/// A VMM command line for the image's kernel (see [`image_file_for`]) with
+/// `initrd` and `cmdline`.
 pub fn vmm_with(initrd: &Path, cmdline: &str, extra: &[&str]) -> Command {
     require_kvm();
     let mut cmd = Command::new(host_binary("vmm"));
     cmd.arg("--kernel")
-        .arg(image_file("vmlinux"))
+        .arg(image_file_for(extra, "vmlinux"))
         .arg("--initrd")
         .arg(initrd)
         .arg("--cmdline")
@@ -84,7 +96,12 @@ pub fn vmm_with(initrd: &Path, cmdline: &str, extra: &[&str]) -> Command {
 /// A VMM command line for the test image: `run` is what goes after `run=`
 /// (the program and, after ` -- `, its arguments).
 pub fn vmm(run: &str, extra: &[&str]) -> Command {
-    vmm_with(&image_file("initramfs.cpio"), &format!("run={run}"), extra)
+    vmm_image(&format!("run={run}"), extra)
+}
+
+/// A VMM command line for the image (see [`image_file_for`]) with `cmdline`.
+pub fn vmm_image(cmdline: &str, extra: &[&str]) -> Command {
+    vmm_with(&image_file_for(extra, "initramfs.cpio"), cmdline, extra)
 }
 
 pub struct VmResult {
@@ -305,9 +322,9 @@ pub fn static_c_program(scratch: &Scratch, name: &str) -> PathBuf {
     out
 }
 
-/// The image's initramfs with `files` (guest path under /, host file) added
+/// The initramfs `base` with `files` (guest path under /, host file) added
 /// as a second cpio archive: Linux unpacks concatenated archives in order.
-pub fn initrd_with(scratch: &Scratch, files: &[(&str, &Path)]) -> PathBuf {
+pub fn initrd_with(scratch: &Scratch, base: &Path, files: &[(&str, &Path)]) -> PathBuf {
     let root = scratch.path("extra-root");
     let mut list = String::new();
     for (guest, host) in files {
@@ -327,7 +344,7 @@ pub fn initrd_with(scratch: &Scratch, files: &[(&str, &Path)]) -> PathBuf {
     std::io::Write::write_all(cpio.stdin.as_mut().unwrap(), list.as_bytes()).unwrap();
     let extra = cpio.wait_with_output().unwrap();
     assert!(extra.status.success(), "cpio failed");
-    let mut initrd = std::fs::read(image_file("initramfs.cpio")).unwrap();
+    let mut initrd = std::fs::read(base).unwrap();
     initrd.resize(initrd.len().next_multiple_of(4), 0);
     initrd.extend_from_slice(&extra.stdout);
     let path = scratch.path("initramfs-extra.cpio");
@@ -340,7 +357,7 @@ pub fn initrd_with(scratch: &Scratch, files: &[(&str, &Path)]) -> PathBuf {
 pub fn run_status_program(test: &str, cmdline: &str, extra: &[&str]) -> VmResult {
     let scratch = Scratch::new(test);
     let program = static_c_program(&scratch, "status");
-    let initrd = initrd_with(&scratch, &[("/bin/status", &program)]);
+    let initrd = initrd_with(&scratch, &image_file_for(extra, "initramfs.cpio"), &[("/bin/status", &program)]);
     Running::vmm(vmm_with(&initrd, cmdline, extra)).finish()
 }
 

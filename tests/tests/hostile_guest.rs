@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use kvmshm_tests::{Running, Scratch, image_file, initrd_with, kvmshm, static_c_program, vmm_with};
+use kvmshm_tests::{Running, Scratch, image_file, initrd_with, kvmshm, static_c_program, vmm_image, vmm_with};
 use shm_layout::host::MappedFile;
 
 /// A guest root user attacks its device: every access size at every offset
@@ -16,7 +16,7 @@ use shm_layout::host::MappedFile;
 fn a_hostile_guest_leaves_the_vmm_running_and_its_log_short() {
     let scratch = Scratch::new("hostile");
     let hammer = static_c_program(&scratch, "hammer");
-    let initrd = initrd_with(&scratch, &[("/bin/hammer", &hammer)]);
+    let initrd = initrd_with(&scratch, &image_file("initramfs.cpio"), &[("/bin/hammer", &hammer)]);
     let file = scratch.path("shm");
     let shm = format!("path={},size=1M", file.display());
     let run = "run=/bin/hammer -- 1 5 --then write --procs=2 --records=1000";
@@ -51,8 +51,7 @@ fn a_backing_file_that_shrinks_under_a_writing_guest_ends_the_vmm() {
     let scratch = Scratch::new("shrink");
     let file = scratch.path("records");
     let shm = format!("path={},size=64M", file.display());
-    let mut vm = Running::vmm(vmm_with(
-        &image_file("initramfs.cpio"),
+    let mut vm = Running::vmm(vmm_image(
         "run=/bin/kvmshm-demo -- write --procs 4 --records 200000 --spin 100000",
         &["--shm", &shm],
     ));
@@ -82,7 +81,7 @@ fn a_backing_file_that_shrinks_under_a_writing_guest_ends_the_vmm() {
 /// with a message that names it. (`--seccomp-selftest` makes one: getppid.)
 #[test]
 fn a_system_call_outside_the_allowlist_ends_the_vmm_and_is_named() {
-    let cmd = vmm_with(&image_file("initramfs.cpio"), "", &["--seccomp-selftest"]);
+    let cmd = vmm_image("", &["--seccomp-selftest"]);
     let out = Running::spawn(cmd).expect("start the VMM").finish_unchecked();
     assert_eq!(out.code, Some(125), "{}", out.transcript());
     assert!(

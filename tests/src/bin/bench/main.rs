@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kvmshm_tests::{Qemu, Running, Scratch, image_file, vmm_with};
+use kvmshm_tests::{Qemu, Running, Scratch, vmm_image};
 use shm_layout::host::MappedFile;
 use shm_layout::stream::{Direction, Stream};
 
@@ -305,7 +305,7 @@ fn run_vm(scratch: &Scratch, total_mib: u64, round_trips: u64) -> anyhow::Result
         CHUNK >> 10
     );
     let shm = [format!("path={},size={ring_size}", ring.display()), format!("path={},size=64M,id=1", speed.display())];
-    let cmd = vmm_with(&image_file("initramfs.cpio"), &run, &["--shm", &shm[0], "--shm", &shm[1]]);
+    let cmd = vmm_image(&run, &["--shm", &shm[0], "--shm", &shm[1]]);
     let mut vm = Running::spawn(on_cpu(cmd, 0)).context("the VMM")?;
     vm.wait_for(START_MARKER, Duration::from_secs(600)).map_err(anyhow::Error::msg)?;
 
@@ -373,7 +373,7 @@ fn boot(cmd: Command, what: &str) -> anyhow::Result<(Duration, Duration, String)
 /// microvm does.
 fn boot_ours(cpus: u8) -> anyhow::Result<Boot> {
     let cpus = cpus.to_string();
-    let cmd = vmm_with(&image_file("initramfs.cpio"), BOOT_RUN, &["--memory", BOOT_MEMORY_MIB, "--cpus", &cpus]);
+    let cmd = vmm_image(BOOT_RUN, &["--memory", BOOT_MEMORY_MIB, "--cpus", &cpus]);
     let (to_init, process, log) = boot(cmd, "the VMM")?;
     let ns_per_instruction = log
         .lines()
