@@ -21,7 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::process::exit;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::time::{Duration, Instant};
 
 use guest_userspace::device::{Caching, Device, DeviceWake, open_region_file};
@@ -386,12 +386,13 @@ fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin:
 /// Records per second with `procs` writer processes, writer w pinned to
 /// the (w mod CPUs)-th online CPU, in `rounds` rounds. The writers are
 /// forked once and sleep on a pipe of their own between rounds; in each
-/// round the region is formatted afresh and every writer appends until its
-/// block is full or it has written for [`SCALE_ROUND`]; the rate is all
-/// their records over the time from the first writer's start to the last
-/// one's end (each reads the clock in user space), so forks and exits stay
-/// outside it (a writer that wakes late is inside it). Prints each round's
-/// rate and their median.
+/// round the region is formatted afresh, the writers wake and meet at a
+/// start line, then every writer appends until its block is full or it has
+/// written for [`SCALE_ROUND`]; the rate is all their records over the time
+/// from the first writer's start to the last one's end (each reads the
+/// clock in user space), so forks, exits and wake-ups stay outside it.
+/// Prints each round's rate and their median, and how far apart the
+/// writers started.
 fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> i32 {
     let cpus = online_cpus();
     let region = device.region();
@@ -424,7 +425,10 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
                     unsafe { libc::_exit(1) }
                 }
                 // End of file on `go` ends the writer.
+                let mut round = 0;
                 while read_byte(my_go) {
+                    round += 1;
+                    times.meet(procs * round);
                     let start = now_ns();
                     let deadline = start + SCALE_ROUND.as_nanos() as u64;
                     let written = Records::open(region)
@@ -443,7 +447,13 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
         // SAFETY: the writers' ends of the pipes, which the parent does not use.
         unsafe { libc::close(fd) };
     }
+    // On the last writer's CPU, which it wakes last: the writers waiting at
+    // the start line on the other CPUs have theirs to themselves.
+    if let Err(e) = pin_to(cpus[(procs as usize - 1) % cpus.len()]) {
+        fail(1, &e);
+    }
     let mut rates = Vec::new();
+    let mut spreads = Vec::new();
     for round in 0..rounds {
         if round > 0 {
             Records::format(region, procs, records, round).expect("formatted once already");
@@ -453,8 +463,9 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
         if !complete {
             fail(1, &format!("round {round}: a writer wrote nothing, or died"));
         }
-        let (start, end, written) = times.span(procs as usize);
+        let (start, last_start, end, written) = times.span(procs as usize);
         rates.push(written as f64 / ((end - start) as f64 / 1e9));
+        spreads.push((last_start - start) / 1000);
     }
     for fd in go.iter().map(|p| p.1).chain(done.iter().map(|p| p.0)) {
         // SAFETY: the parent's ends; closing `go` ends the writers.
@@ -465,10 +476,16 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
         // SAFETY: waits for our own child; status is a valid out-pointer.
         unsafe { libc::waitpid(pid, &mut status, 0) };
     }
+    // The commands after this one run on every CPU again.
+    if let Err(e) = set_affinity(&cpus) {
+        fail(1, &format!("unpinning: {e}"));
+    }
     let each = rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" ");
     rates.sort_by(f64::total_cmp);
+    let spreads = spreads.iter().map(|us| us.to_string()).collect::<Vec<_>>().join(" ");
     println!(
-        "scale: {procs} writers on {} CPUs: {:.0} records/s, median of {rounds} rounds ({each})",
+        "scale: {procs} writers on {} CPUs: {:.0} records/s, median of {rounds} rounds ({each}); \
+         the last writer started after the first by ({spreads}) us",
         cpus.len(),
         rates[rates.len() / 2]
     );
@@ -478,13 +495,16 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
 /// How long a `scale` writer appends in a round, at most.
 const SCALE_ROUND: Duration = Duration::from_millis(500);
 
-/// Each writer's start, end and records of a round, in a shared anonymous
-/// mapping that forked writers inherit.
-struct SharedTimes(*const AtomicU64);
+/// Each writer's start, end and records of a round, and the writers' start
+/// line, in a shared anonymous mapping that forked writers inherit.
+struct SharedTimes {
+    slots: *const AtomicU64,
+    writers: usize,
+}
 
 impl SharedTimes {
     fn new(writers: usize) -> Self {
-        let len = 3 * writers * size_of::<u64>();
+        let len = (3 * writers + 1) * size_of::<u64>();
         // SAFETY: a fresh anonymous shared mapping, zeroed, never unmapped
         // (it lives as long as the process).
         let map = unsafe {
@@ -500,13 +520,34 @@ impl SharedTimes {
         if map == libc::MAP_FAILED {
             fail(1, &format!("mapping the writers' clocks: {}", io::Error::last_os_error()));
         }
-        Self(map.cast())
+        Self { slots: map.cast(), writers }
     }
 
     fn slot(&self, i: usize) -> &AtomicU64 {
-        // SAFETY: the mapping holds 3 * writers u64s, page-aligned, and is
-        // never unmapped; callers pass i < 3 * writers.
-        unsafe { &*self.0.add(i) }
+        assert!(i <= 3 * self.writers);
+        // SAFETY: the mapping holds 3 * writers + 1 u64s, page-aligned, and
+        // is never unmapped; i is in it (checked above).
+        unsafe { &*self.slots.add(i) }
+    }
+
+    /// The start line: a writer arrives and waits until `arrivals` writers
+    /// have, counted over all rounds. Woken writers would otherwise start
+    /// milliseconds apart where the guest kernel's wake-ups are emulated.
+    /// The wait spins, for a start within microseconds, and yields every
+    /// few tens of milliseconds so that a writer sharing its CPU still gets
+    /// there (more often would cost: a system call is emulated here).
+    fn meet(&self, arrivals: u64) {
+        let line = self.slot(3 * self.writers);
+        line.fetch_add(1, AcqRel);
+        let mut spins = 0u32;
+        while line.load(Acquire) < arrivals {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(1 << 20) {
+                // SAFETY: no arguments, no memory effects.
+                unsafe { libc::sched_yield() };
+            }
+        }
     }
 
     fn set(&self, writer: usize, start: u64, end: u64, written: u64) {
@@ -515,14 +556,14 @@ impl SharedTimes {
         self.slot(3 * writer + 2).store(written, Relaxed);
     }
 
-    /// The first start, the last end and the records of `writers` writers.
-    /// Each stored them before its byte on the done pipe, which the caller
-    /// has read.
-    fn span(&self, writers: usize) -> (u64, u64, u64) {
-        let start = (0..writers).map(|w| self.slot(3 * w).load(Relaxed)).min().unwrap_or(0);
+    /// The first start, the last start, the last end and the records of
+    /// `writers` writers. Each stored them before its byte on the done pipe,
+    /// which the caller has read.
+    fn span(&self, writers: usize) -> (u64, u64, u64, u64) {
+        let starts = || (0..writers).map(|w| self.slot(3 * w).load(Relaxed));
         let end = (0..writers).map(|w| self.slot(3 * w + 1).load(Relaxed)).max().unwrap_or(0);
         let written = (0..writers).map(|w| self.slot(3 * w + 2).load(Relaxed)).sum();
-        (start, end, written)
+        (starts().min().unwrap_or(0), starts().max().unwrap_or(0), end, written)
     }
 }
 
@@ -567,16 +608,24 @@ fn online_cpus() -> Vec<usize> {
     (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
 }
 
-/// Moves this process to `cpu` for good, and checks that it runs there.
-fn pin_to(cpu: usize) -> Result<(), String> {
+/// Lets this process run on `cpus` (from [`online_cpus`]) only.
+fn set_affinity(cpus: &[usize]) -> io::Result<()> {
     // SAFETY: as in online_cpus.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes `set` within its size (`cpu` came from CPU_ISSET).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
+    for &cpu in cpus {
+        // SAFETY: CPU_SET writes `set` within its size (`cpu` came from CPU_ISSET).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
     // SAFETY: as in online_cpus.
     if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
-        return Err(format!("pinning to CPU {cpu}: {}", io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// Moves this process to `cpu` for good, and checks that it runs there.
+fn pin_to(cpu: usize) -> Result<(), String> {
+    set_affinity(&[cpu]).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
     // The getcpu system call rather than the vDSO's: it asks the kernel.
     let mut now: libc::c_uint = 0;
     // SAFETY: getcpu writes one c_uint through its first pointer; the others may be null.

@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 use std::path::Path;
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -44,7 +45,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// The demo's `scale` as host threads: `writers` threads, thread w on core
-/// w mod cores, each appending until its block is full or [`ROUND`] has
+/// w mod cores, meeting at a start line as the guest's writers do, each appending until its block is full or [`ROUND`] has
 /// passed; all their records over the time from the first thread's start
 /// to the last one's end; the median of [`ROUNDS`].
 fn host_rate(path: &Path, writers: u64, cores: usize) -> anyhow::Result<f64> {
@@ -53,11 +54,14 @@ fn host_rate(path: &Path, writers: u64, cores: usize) -> anyhow::Result<f64> {
     let mut rates = Vec::new();
     for round in 0..ROUNDS {
         let area = Records::format(file.region(), writers, RECORDS, round)?;
+        let start_line = Barrier::new(writers as usize);
         let spans = std::thread::scope(|s| {
             let threads: Vec<_> = (0..writers)
                 .map(|w| {
+                    let start_line = &start_line;
                     s.spawn(move || {
                         pin_to_cpu(w as usize % cores);
+                        start_line.wait();
                         let start = Instant::now();
                         let written = area.writer(w).fill_block_while(|| start.elapsed() < ROUND);
                         (start, Instant::now(), written)
@@ -150,7 +154,8 @@ fn plural(n: usize) -> &'static str {
 pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
     let mut s = String::from(
         "\n## Scale\n\nRecords per second (64-byte checksummed records, each writer appending to a 64 MiB block of \
-         its own until it is full or 0.5 s have passed; median of 5 rounds): guest writer processes pinned one per vCPU in turn, beside the same writer \
+         its own until it is full or 0.5 s have passed, all starting together; median of 5 rounds): guest writer \
+         processes pinned one per vCPU in turn, beside the same writer \
          code as host threads pinned one per core in turn on as many cores as the guest has vCPUs (or all the \
          host has), in the same run. Each cell: guest / host threads = ratio (goal >= 0.9).\n\n| writers |",
     );
@@ -192,8 +197,8 @@ pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
     };
     writeln!(
         s,
-        "Boot to init, median of {}, alternating: 1 vCPU {}; 4 vCPUs {}; 4 / 1 = {:.2} in \
-         emulated-instruction times.",
+        "Boot to init, median of {}, alternating: 1 vCPU {} (the image without SMP); 4 vCPUs {} (the SMP \
+         image, images/out/smp/); 4 / 1 = {:.2} in emulated-instruction times.",
         boots_1.0.len(),
         boot(boots_1),
         boot(boots_4),
