@@ -3,6 +3,7 @@
 //! boot protocol.
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use linux_loader::cmdline::Cmdline;
@@ -83,12 +84,12 @@ pub fn build_cmdline(parts: &[&str]) -> Result<Cmdline, Error> {
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
 
-/// The e820 map for `ram_size` bytes of RAM, as (start, length, type):
-/// low memory up to the MP table, the table, then each RAM range from 1 MiB.
-fn e820(ram_size: u64) -> Vec<(u64, u64, u32)> {
+/// The e820 map for RAM at `ram`, as (start, length, type): low memory up
+/// to the MP table, the table, then each RAM range from 1 MiB.
+fn e820(ram: &[Range<u64>]) -> Vec<(u64, u64, u32)> {
     let mut e820 =
         vec![(0, layout::MPTABLE, E820_RAM), (layout::MPTABLE, layout::EBDA_END - layout::MPTABLE, E820_RESERVED)];
-    for r in layout::ram_ranges(ram_size) {
+    for r in ram {
         let start = r.start.max(layout::HIGH_RAM);
         e820.push((start, r.end - start, E820_RAM));
     }
@@ -100,7 +101,7 @@ pub fn write_boot_params(
     mem: &GuestMemoryMmap,
     cmdline: &Cmdline,
     initrd: Option<&Initrd>,
-    ram_size: u64,
+    ram: &[Range<u64>],
 ) -> Result<(), Error> {
     linux_loader::loader::load_cmdline(mem, GuestAddress(layout::CMDLINE), cmdline).map_err(Error::CmdlineWrite)?;
     let cmdline_len = cmdline.as_cstring().map_err(Error::Cmdline)?.as_bytes().len();
@@ -117,7 +118,7 @@ pub fn write_boot_params(
         hdr.ramdisk_image = initrd.addr as u32;
         hdr.ramdisk_size = initrd.size as u32;
     }
-    let e820 = e820(ram_size);
+    let e820 = e820(ram);
     for (i, &(addr, size, type_)) in e820.iter().enumerate() {
         params.e820_table[i] = boot_e820_entry { addr, size, r#type: type_ };
     }
@@ -139,12 +140,12 @@ mod tests {
     #[test]
     fn ram_beyond_3_gib_continues_at_4_gib() {
         let low = |end| vec![(0, 0x9fc00, E820_RAM), (0x9fc00, 0x400, E820_RESERVED), (MIB, end - MIB, E820_RAM)];
-        assert_eq!(e820(128 * MIB), low(128 * MIB));
-        assert_eq!(e820(3 * GIB), low(3 * GIB));
+        assert_eq!(e820(&layout::ram_ranges(128 * MIB)), low(128 * MIB));
+        assert_eq!(e820(&layout::ram_ranges(3 * GIB)), low(3 * GIB));
         let with_high = |len| [low(3 * GIB), vec![(4 * GIB, len, E820_RAM)]].concat();
-        assert_eq!(e820(3 * GIB + MIB), with_high(MIB));
-        assert_eq!(e820(4 * GIB), with_high(GIB));
-        let total: u64 = e820(4 * GIB).iter().filter(|e| e.2 == E820_RAM).map(|e| e.1).sum();
+        assert_eq!(e820(&layout::ram_ranges(3 * GIB + MIB)), with_high(MIB));
+        assert_eq!(e820(&layout::ram_ranges(4 * GIB)), with_high(GIB));
+        let total: u64 = e820(&layout::ram_ranges(4 * GIB)).iter().filter(|e| e.2 == E820_RAM).map(|e| e.1).sum();
         assert_eq!(total, 4 * GIB - MIB + 0x9fc00, "all of it but the hole below 1 MiB");
     }
 }

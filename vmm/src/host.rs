@@ -7,6 +7,7 @@
 //! stop the guest with an emulation failure. The guest kernel then needs
 //! command-line flags that keep it off those instructions.
 
+use std::ops::Range;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -98,10 +99,13 @@ const UNKNOWN_HYPERCALL: u32 = 0xffff;
 /// A hypercall takes microseconds; one that has not returned by then never will.
 const HYPERCALL_LIMIT: Duration = Duration::from_millis(100);
 
+/// The probe VM's RAM, where its code and page tables go.
+const PROBE_RAM: Range<u64> = 0..2 << 20;
+
 pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
     let vm = kvm.create_vm()?;
     // Kept until `vm` is gone (dropped in that order at the end).
-    let mem = memory::create_ram(&vm, 2 << 20)?;
+    let mem = memory::create_ram(&vm, std::slice::from_ref(&PROBE_RAM))?;
     let mut code = vec![0xb9];
     code.extend_from_slice(&LOOP_ITERATIONS.to_le_bytes()); // mov ecx, N
     code.extend_from_slice(&[0xff, 0xc9, 0x75, 0xfc, 0xf4]); // 1: dec ecx; jnz 1b; hlt

@@ -1,11 +1,11 @@
 //! Guest RAM: anonymous host memory, registered with KVM as memory slots
-//! 0, 1, ..., one per range of [`layout::ram_ranges`].
+//! 0, 1, ..., one per range (for the guest: [`crate::layout::ram_ranges`]).
+
+use std::ops::Range;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-
-use crate::layout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -17,14 +17,14 @@ pub enum Error {
     Slot(#[source] kvm_ioctls::Error),
 }
 
-/// `size` bytes of RAM for `vm`, in one memory slot per region of the
-/// result, from slot 0. The caller keeps the memory for as long as `vm`
+/// RAM for `vm` at the guest-physical `ranges`, in one memory slot per
+/// range, from slot 0. The caller keeps the memory for as long as `vm`
 /// lives: the slots point into it.
-pub fn create_ram(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
-    let ranges = layout::ram_ranges(size);
+pub fn create_ram(vm: &VmFd, ranges: &[Range<u64>]) -> Result<GuestMemoryMmap, Error> {
     let regions: Vec<_> = ranges.iter().map(|r| (GuestAddress(r.start), (r.end - r.start) as usize)).collect();
+    let size = ranges.iter().map(|r| r.end - r.start).sum();
     let mem = GuestMemoryMmap::<()>::from_ranges(&regions).map_err(|e| Error::Allocate(size, e))?;
-    for (slot, r) in (0..).zip(&ranges) {
+    for (slot, r) in (0..).zip(ranges) {
         let ram = kvm_userspace_memory_region {
             slot,
             guest_phys_addr: r.start,

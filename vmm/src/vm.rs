@@ -160,13 +160,13 @@ impl Vm {
             .map_err(kvm("create PIT"))?;
 
         // A field of the Vm, dropped after the devices that hold `vm`.
-        let mem = memory::create_ram(&vm, ram_size)?;
+        let mem = memory::create_ram(&vm, &space.ram)?;
 
         let kernel = boot::load_kernel(&mem, &config.kernel)?;
         let initrd = config.initrd.as_deref().map(|p| boot::load_initrd(&mem, p, ram_size, &kernel)).transpose()?;
         let cmdline = boot::build_cmdline(&[BASE_CMDLINE, host.guest_cmdline(), &config.cmdline])?;
         info!("guest command line: {}", cmdline.as_cstring().map_err(boot::Error::Cmdline)?.to_string_lossy());
-        boot::write_boot_params(&mem, &cmdline, initrd.as_ref(), ram_size)?;
+        boot::write_boot_params(&mem, &cmdline, initrd.as_ref(), &space.ram)?;
         mptable::write(&mem, config.cpus).map_err(Error::MpTable)?;
         pirq::write(&mem).map_err(Error::PirqTable)?;
 
