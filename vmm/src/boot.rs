@@ -58,12 +58,13 @@ pub struct Initrd {
 }
 
 /// Places the initramfs page-aligned at the top of RAM below 4 GiB (the
-/// zero page's address of it has 32 bits), as boot loaders do.
-pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, ram_size: u64, kernel: &Kernel) -> Result<Initrd, Error> {
+/// zero page's address of it has 32 bits), as boot loaders do: the end of
+/// the first of the `ram` ranges ([`layout::ram_ranges`]).
+pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, ram: &[Range<u64>], kernel: &Kernel) -> Result<Initrd, Error> {
     let data = std::fs::read(path).map_err(|source| Error::InitrdOpen { path: path.into(), source })?;
     let size = data.len() as u64;
     let too_big = || Error::InitrdTooBig { path: path.into(), size, kernel_end: kernel.end };
-    let top = ram_size.min(layout::LOW_RAM_END);
+    let top = ram.first().map_or(0, |r| r.end);
     let addr = top.checked_sub(size).ok_or_else(too_big)? & !0xfff;
     // Keep a quarter of RAM above the kernel free for the kernel's own early allocations.
     if addr < kernel.end + (top - kernel.end) / 4 {

@@ -163,7 +163,7 @@ impl Vm {
         let mem = memory::create_ram(&vm, &space.ram)?;
 
         let kernel = boot::load_kernel(&mem, &config.kernel)?;
-        let initrd = config.initrd.as_deref().map(|p| boot::load_initrd(&mem, p, ram_size, &kernel)).transpose()?;
+        let initrd = config.initrd.as_deref().map(|p| boot::load_initrd(&mem, p, &space.ram, &kernel)).transpose()?;
         let cmdline = boot::build_cmdline(&[BASE_CMDLINE, host.guest_cmdline(), &config.cmdline])?;
         info!("guest command line: {}", cmdline.as_cstring().map_err(boot::Error::Cmdline)?.to_string_lossy());
         boot::write_boot_params(&mem, &cmdline, initrd.as_ref(), &space.ram)?;
