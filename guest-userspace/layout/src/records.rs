@@ -26,6 +26,10 @@ use crate::header::HEADER_LEN;
 use crate::{Checksum, Header, LayoutError, Mode, Region, SplitMix64};
 
 pub const RECORD_LEN: usize = 64;
+/// How long a writer of the demo's `scale` and of the benchmark's host
+/// threads appends in a round, at most ([`Writer::fill_block_while`]): one
+/// limit, so that the two measure the same thing.
+pub const SCALE_ROUND: core::time::Duration = core::time::Duration::from_millis(500);
 pub const PAYLOAD_LEN: usize = 44;
 const CONTROL_LEN: usize = 64;
 const PAYLOAD_AT: usize = 12;

@@ -29,7 +29,7 @@ use shm_layout::echo::Mailbox;
 use shm_layout::ends;
 use shm_layout::fill;
 use shm_layout::pingpong;
-use shm_layout::records::{RECORD_LEN, Records};
+use shm_layout::records::{RECORD_LEN, Records, SCALE_ROUND};
 use shm_layout::stream::{Direction, Stream};
 
 const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
@@ -491,9 +491,6 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
     );
     0
 }
-
-/// How long a `scale` writer appends in a round, at most.
-const SCALE_ROUND: Duration = Duration::from_millis(500);
 
 /// Each writer's start, end and records of a round, and the writers' start
 /// line, in a shared anonymous mapping that forked writers inherit.

@@ -6,21 +6,20 @@
 use std::fmt::Write;
 use std::path::Path;
 use std::sync::Barrier;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use kvmshm_tests::{Running, Scratch, vmm};
 use shm_layout::host::MappedFile;
-use shm_layout::records::Records;
+use shm_layout::records::{Records, SCALE_ROUND};
 
 use crate::{Boots, pin_to_cpu};
 
 pub const WRITERS: [u64; 3] = [1, 2, 4];
 pub const VCPUS: [u8; 3] = [1, 2, 4];
 /// Records per writer and round at most (64 MiB each); a writer also stops
-/// after [`ROUND`].
+/// after [`SCALE_ROUND`].
 const RECORDS: u64 = 1 << 20;
-const ROUND: Duration = Duration::from_millis(500);
 const ROUNDS: u64 = 5;
 const THROUGHPUT_GOAL: f64 = 0.9;
 
@@ -45,9 +44,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// The demo's `scale` as host threads: `writers` threads, thread w on core
-/// w mod cores, meeting at a start line as the guest's writers do, each appending until its block is full or [`ROUND`] has
-/// passed; all their records over the time from the first thread's start
-/// to the last one's end; the median of [`ROUNDS`].
+/// w mod cores, meeting at a start line as the guest's writers do, each
+/// appending until its block is full or [`SCALE_ROUND`] has passed; all
+/// their records over the time from the first thread's start to the last
+/// one's end; the median of [`ROUNDS`].
 fn host_rate(path: &Path, writers: u64, cores: usize) -> anyhow::Result<f64> {
     std::fs::File::create(path)?.set_len(region_size(writers))?;
     let file = MappedFile::open(path)?;
@@ -63,7 +63,7 @@ fn host_rate(path: &Path, writers: u64, cores: usize) -> anyhow::Result<f64> {
                         pin_to_cpu(w as usize % cores);
                         start_line.wait();
                         let start = Instant::now();
-                        let written = area.writer(w).fill_block_while(|| start.elapsed() < ROUND);
+                        let written = area.writer(w).fill_block_while(|| start.elapsed() < SCALE_ROUND);
                         (start, Instant::now(), written)
                     })
                 })
@@ -143,12 +143,14 @@ fn plural(n: usize) -> &'static str {
 
 /// The scale table, and the boots with one vCPU and with four (taken in turn).
 pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
-    let mut s = String::from(
+    let mut s = format!(
         "\n## Scale\n\nRecords per second (64-byte checksummed records, each writer appending to a 64 MiB block of \
-         its own until it is full or 0.5 s have passed, all starting together; median of 5 rounds): guest writer \
-         processes pinned one per vCPU in turn, beside the same writer \
+         its own until it is full or {round_s} s have passed, all starting together; median of {ROUNDS} rounds): \
+         guest writer processes pinned one per vCPU in turn, beside the same writer \
          code as host threads pinned one per core in turn on as many cores as the guest has vCPUs (or all the \
-         host has), in the same run. Each cell: guest / host threads = ratio (goal >= 0.9).\n\n| writers |",
+         host has), in the same run. Each cell: guest / host threads = ratio (goal >= {THROUGHPUT_GOAL}).\n\n\
+         | writers |",
+        round_s = SCALE_ROUND.as_secs_f64()
     );
     for (v, (cores, _)) in VCPUS.iter().zip(&r.host) {
         write!(s, " {v} vCPU{}, host on {cores} core{} |", plural(*v as usize), plural(*cores)).unwrap();
