@@ -169,9 +169,9 @@ mkdir -p "$out"
 programs=(init kvmshm-demo)
 for p in "${programs[@]}"; do install_out "$guest_bins/$p" "$out" "$p"; done
 
-# Installs the kernel in $kbuild, its driver and an initramfs into $1.
+# Installs the kernel built in $1, its driver and an initramfs into $2.
 install_image() {
-	local dir=$1 driver_id dbuild list
+	local kbuild=$1 dir=$2 driver_id dbuild list
 	mkdir -p "$dir"
 	step="install vmlinux into $dir"
 	cmp -s "$kbuild/vmlinux" "$dir/vmlinux" 2>/dev/null || install_out "$kbuild/vmlinux" "$dir" vmlinux
@@ -215,6 +215,6 @@ install_image() {
 }
 
 build_kernel "$here/up.config"
-install_image "$out"
+install_image "$kbuild" "$out"
 build_kernel "$here/smp.config"
-install_image "$out/smp"
+install_image "$kbuild" "$out/smp"
