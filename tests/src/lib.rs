@@ -80,10 +80,15 @@ impl Drop for Scratch {
 /// A VMM command line for the image's kernel (see [`image_file_for`]) with
 /// `initrd` and `cmdline`.
 pub fn vmm_with(initrd: &Path, cmdline: &str, extra: &[&str]) -> Command {
+    vmm_files(&image_file_for(extra, "vmlinux"), initrd, cmdline, extra)
+}
+
+/// A VMM command line for `kernel` with `initrd` and `cmdline`.
+pub fn vmm_files(kernel: &Path, initrd: &Path, cmdline: &str, extra: &[&str]) -> Command {
     require_kvm();
     let mut cmd = Command::new(host_binary("vmm"));
     cmd.arg("--kernel")
-        .arg(image_file_for(extra, "vmlinux"))
+        .arg(kernel)
         .arg("--initrd")
         .arg(initrd)
         .arg("--cmdline")

@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-use kvmshm_tests::{Scratch, kvmshm, run_status_program, run_vm};
+use kvmshm_tests::{Running, Scratch, image_file, kvmshm, run_status_program, run_vm, vmm_files};
 use shm_layout::ends;
 
 #[test]
@@ -18,9 +18,21 @@ fn four_vcpus_run_four_pinned_writers_and_the_host_checks_every_record() {
     let line = "write: 4 processes, 80000 records, 5120000 bytes";
     assert!(out.console.contains(line), "missing {line:?}\n{}", out.transcript());
     assert!(out.console.contains("; 4 online CPUs, one pinned to each"), "{}", out.transcript());
+    assert!(!out.log.contains("the guest started"), "{}", out.transcript());
     let check = kvmshm(&["verify", file.to_str().unwrap(), "--writers", "4", "--records", "20000"]);
     assert_eq!(check.code, Some(0), "{}", check.transcript());
     assert!(check.console.contains("all 80000 records intact, each exactly once"), "{}", check.transcript());
+}
+
+#[test]
+fn a_kernel_without_smp_on_two_vcpus_runs_on_one_and_the_vmm_says_so() {
+    // The one-vCPU image's kernel, built without CONFIG_SMP.
+    let (kernel, initrd) = (image_file("vmlinux"), image_file("initramfs.cpio"));
+    let cmd = vmm_files(&kernel, &initrd, "run=/bin/kvmshm-demo -- meminfo", &["--cpus", "2"]);
+    let out = Running::vmm(cmd).finish();
+    assert_eq!(out.code, Some(0), "{}", out.transcript());
+    assert!(out.console.contains("meminfo: "), "{}", out.transcript());
+    assert!(out.log.contains("the guest started 1 of its 2 vCPUs"), "{}", out.transcript());
 }
 
 #[test]

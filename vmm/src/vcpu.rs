@@ -18,7 +18,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE, kvm_run};
+use kvm_bindings::{KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED, kvm_run};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
@@ -247,13 +247,19 @@ impl Vcpu {
         // SAFETY: `run` is this vCPU's kvm_run page, mapped while `self.fd`
         // lives; immediate_exit is written only this way (see on_kick).
         unsafe { std::ptr::write_volatile(&raw mut (*run).immediate_exit, 0) };
-        if let Some(samples) = &self.samples {
-            let state = self.fd.get_mp_state().map_err(kvm("get MP state"))?.mp_state;
-            if state == KVM_MP_STATE_RUNNABLE || state == KVM_MP_STATE_HALTED {
-                samples.record(self.fd.get_regs().map_err(kvm("get regs"))?.rip);
-            }
+        if let Some(samples) = &self.samples
+            && self.started()?
+        {
+            samples.record(self.fd.get_regs().map_err(kvm("get regs"))?.rip);
         }
         Ok(())
+    }
+
+    /// Whether the guest has started this vCPU: an application processor
+    /// waits for its INIT and SIPI until then.
+    pub fn started(&self) -> Result<bool, Error> {
+        let state = self.fd.get_mp_state().map_err(kvm("get MP state"))?.mp_state;
+        Ok(state != KVM_MP_STATE_UNINITIALIZED && state != KVM_MP_STATE_INIT_RECEIVED)
     }
 }
 

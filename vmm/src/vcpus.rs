@@ -6,6 +6,7 @@
 //! |---|---|
 //! | a vCPU stops for its own reason (reset, shutdown, error, or a stop asked of it) | that is the VM's [`Stop`]; every other vCPU is asked to stop |
 //! | the other vCPUs stop | their outcomes are logged if they are not [`Stop::Kicked`] |
+//! | the guest never started some of them | a warning says how many it started (a kernel without `CONFIG_SMP` starts one) |
 //! | [`VcpuThreads`] is dropped | each thread drops its vCPU and ends; they are joined |
 //!
 //! Application processors (every vCPU but the first) start in KVM's
@@ -30,6 +31,15 @@ enum Go {
     End,
 }
 
+/// What a vCPU thread tells when its run ends.
+struct Report {
+    index: usize,
+    stop: Result<Stop, vcpu::Error>,
+    /// Whether the guest started the vCPU (see [`Vcpu::started`]); true
+    /// when KVM could not tell.
+    started: bool,
+}
+
 struct Thread {
     go: SyncSender<Go>,
     handle: JoinHandle<()>,
@@ -38,7 +48,7 @@ struct Thread {
 pub struct VcpuThreads {
     threads: Vec<Thread>,
     kickers: Kickers,
-    stops: Receiver<(usize, Result<Stop, vcpu::Error>)>,
+    reports: Receiver<Report>,
 }
 
 impl VcpuThreads {
@@ -50,13 +60,13 @@ impl VcpuThreads {
         mem: &GuestMemoryMmap,
         samples: Option<&Samples>,
     ) -> std::io::Result<Self> {
-        let (stopped, stops) = mpsc::channel();
+        let (report, reports) = mpsc::channel();
         let mut threads = Vec::new();
         let mut kickers = Vec::new();
         for (index, fd) in fds.into_iter().enumerate() {
             let (go, told) = mpsc::sync_channel(2);
             let (made, kicker) = mpsc::channel();
-            let (devices, mem, samples, stopped) = (devices.clone(), mem.clone(), samples.cloned(), stopped.clone());
+            let (devices, mem, samples, report) = (devices.clone(), mem.clone(), samples.cloned(), report.clone());
             let handle = crate::spawn_started(&format!("vcpu{index}"), move || {
                 let mut vcpu = match Vcpu::new(index, fd, samples) {
                     Ok(vcpu) => vcpu,
@@ -64,7 +74,9 @@ impl VcpuThreads {
                 };
                 let _ = made.send(Ok(vcpu.kicker()));
                 if let Ok(Go::Run) = told.recv() {
-                    let _ = stopped.send((index, vcpu.run(&devices, &mem)));
+                    let stop = vcpu.run(&devices, &mem);
+                    let started = vcpu.started().unwrap_or(true);
+                    let _ = report.send(Report { index, stop, started });
                     // The vCPU (and with it this thread's kicker) stays
                     // until the VM is done with every kicker.
                     let _ = told.recv();
@@ -74,7 +86,7 @@ impl VcpuThreads {
             threads.push(Thread { go, handle });
             kickers.push(kicker);
         }
-        Ok(Self { threads, kickers: Kickers::new(kickers), stops })
+        Ok(Self { threads, kickers: Kickers::new(kickers), reports })
     }
 
     pub fn kickers(&self) -> Kickers {
@@ -89,15 +101,24 @@ impl VcpuThreads {
         }
         // Every vCPU thread reports its stop: a panic aborts the VMM (the
         // release profile), so none can end without.
-        let first = self.stops.recv().expect("every vCPU thread reports");
+        let first = self.reports.recv().expect("every vCPU thread reports");
         self.kickers.request_stop();
+        let mut started = usize::from(first.started);
         for _ in 1..self.threads.len() {
-            match self.stops.recv().expect("every vCPU thread reports") {
-                (_, Ok(Stop::Kicked)) => {}
-                (index, other) => log::info!("vCPU {index} also stopped: {other:?}"),
+            let report = self.reports.recv().expect("every vCPU thread reports");
+            started += usize::from(report.started);
+            if !matches!(report.stop, Ok(Stop::Kicked)) {
+                log::info!("vCPU {} also stopped: {:?}", report.index, report.stop);
             }
         }
-        first
+        let cpus = self.threads.len();
+        if started < cpus {
+            log::warn!(
+                "the guest started {started} of its {cpus} vCPUs (a kernel without CONFIG_SMP, or booted with \
+                 nosmp or maxcpus=, starts fewer)"
+            );
+        }
+        (first.index, first.stop)
     }
 }
 
