@@ -130,7 +130,7 @@ fi
 # 1.5 times longer here (README, "Boot time"), so a one-vCPU guest does not
 # pay for it. Each has its own driver build (module ABI differs with SMP) and
 # initramfs; the guest programs are shared.
-#   images/out/      vmlinux, kvmshm.ko, initramfs.cpio (UP), init, kvmshm-demo
+#   images/out/      vmlinux, kvmshm.ko, initramfs.cpio (UP), kvmshm-demo
 #   images/out/smp/  vmlinux, kvmshm.ko, initramfs.cpio (SMP)
 
 # Builds the kernel with guest.config and the fragment $1 (cached); sets kbuild.
@@ -166,8 +166,7 @@ step="guest user space"
 (cd "$top" && cargo build --quiet --locked --profile guest --target "$musl_target" -p guest-userspace)
 guest_bins="$top/target/$musl_target/guest"
 mkdir -p "$out"
-programs=(init kvmshm-demo)
-for p in "${programs[@]}"; do install_out "$guest_bins/$p" "$out" "$p"; done
+install_out "$guest_bins/kvmshm-demo" "$out" kvmshm-demo
 
 # Installs the kernel built in $1, its driver and an initramfs into $2.
 install_image() {
@@ -197,8 +196,8 @@ install_image() {
 		echo "dir /tmp 1777 0 0"
 		echo "dir /bin 0755 0 0"
 		echo "dir /lib 0755 0 0"
-		echo "file /init $out/init 0755 0 0"
-		echo "file /bin/kvmshm-demo $out/kvmshm-demo 0755 0 0"
+		# /init is kvmshm-demo too (see guest-userspace/src/init.rs).
+		echo "file /bin/kvmshm-demo $out/kvmshm-demo 0755 0 0 /init"
 		echo "file /lib/kvmshm.ko $dir/kvmshm.ko 0644 0 0"
 		if [ "${IMAGE_SHELL:-0}" = 1 ]; then
 			echo "file /bin/busybox /bin/busybox 0755 0 0"

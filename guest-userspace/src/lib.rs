@@ -1,3 +1,4 @@
 //! Code shared by the guest programs.
 
 pub mod device;
+pub mod init;

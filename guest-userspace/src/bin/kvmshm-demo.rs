@@ -14,6 +14,8 @@
 //!
 //! Exit status: 0 success, 1 a check or a writer failed, 2 a bad argument,
 //! a missing device or a region too small for the request.
+//!
+//! Started as `/init`, it is the guest's init instead ([`guest_userspace::init`]).
 
 use std::fs::OpenOptions;
 use std::io;
@@ -185,7 +187,11 @@ fn numbers<const N: usize>(
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.into_string().unwrap_or_default()).collect();
+    let mut argv = std::env::args_os().map(|a| a.into_string().unwrap_or_default());
+    if guest_userspace::init::started_as_init(&argv.next().unwrap_or_default()) {
+        guest_userspace::init::main();
+    }
+    let args: Vec<String> = argv.collect();
     // Every command is parsed before the first runs: a typo in the last one
     // must not cost a whole run.
     let invocations: Vec<Invocation> = args

@@ -3,6 +3,11 @@
 //! with the words after ` -- ` as its arguments, prints its exit status in
 //! one machine-readable line and powers off.
 //!
+//! It is a part of `kvmshm-demo`, which runs it when started as `/init` (a
+//! hard link in the initramfs): one copy of the Rust runtime in the
+//! initramfs instead of two. Where guest kernel code is emulated, unpacking
+//! the initramfs costs about 0.7 s per MB at 1 us an instruction.
+//!
 //! The arguments are read from /proc/cmdline rather than from init's argv:
 //! Linux also hands init every bare word it does not know itself (such as
 //! `noxsave`, which it parses without registering), so argv has extras.
@@ -67,7 +72,12 @@ fn power_off() -> ! {
     }
 }
 
-fn main() {
+/// Whether the program was started as init (`/init`, whatever its path).
+pub fn started_as_init(argv0: &str) -> bool {
+    argv0.rsplit('/').next() == Some("init")
+}
+
+pub fn main() -> ! {
     println!("{START_MARKER}");
     mount("devtmpfs", "/dev", "devtmpfs");
     mount("proc", "/proc", "proc");
@@ -104,5 +114,13 @@ mod tests {
         assert_eq!(run_target("console=ttyS0 run=/bin/x noxsave -- a b\n"), (Some("/bin/x"), vec!["a", "b"]));
         assert_eq!(run_target("console=ttyS0 -- run=/bin/x"), (None, vec!["run=/bin/x"]));
         assert_eq!(run_target("run=/a run=/b"), (Some("/b"), vec![]));
+    }
+
+    #[test]
+    fn started_as_init_by_name() {
+        assert!(started_as_init("/init"));
+        assert!(started_as_init("init"));
+        assert!(!started_as_init("/bin/kvmshm-demo"));
+        assert!(!started_as_init("/bin/initiator"));
     }
 }
