@@ -238,6 +238,23 @@ mod tests {
     }
 
     #[test]
+    fn two_clients_that_close_at_once_are_both_dropped() {
+        // Telling the second that the first left fails, which drops the
+        // second before the server looks at its socket.
+        let memory = std::fs::File::open(temp_file("close-at-once", 1 << 16)).unwrap();
+        let path = std::env::temp_dir().join(format!("ivshmem-test-close-at-once-{}.sock", std::process::id()));
+        let mut server = Server::bind(&path, memory, 1).unwrap();
+        let first = UnixStream::connect(&path).unwrap();
+        server.step(1000).unwrap();
+        let second = UnixStream::connect(&path).unwrap();
+        server.step(1000).unwrap();
+        assert_eq!(server.peers(), vec![0, 1]);
+        drop((first, second));
+        server.step(1000).unwrap();
+        assert_eq!(server.peers(), Vec::<u16>::new());
+    }
+
+    #[test]
     fn misbehaving_clients_are_dropped_and_announced() {
         let server = Running::start("misbehave", 4);
         let mut good = Peer::connect(&server.path).unwrap();

@@ -75,7 +75,10 @@ impl Server {
         };
         // A client never sends: a readable socket is closed, or misbehaves.
         for (&id, _) in ids.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
-            let why = match peek(&self.clients[&id].socket) {
+            // Gone already if it could not take the news of an earlier one
+            // leaving (as when two peers close at once).
+            let Some(client) = self.clients.get(&id) else { continue };
+            let why = match peek(&client.socket) {
                 Ok(0) => "closed its connection",
                 Ok(_) => "sent data (clients must not)",
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -125,13 +128,19 @@ impl Server {
             warn!("ivshmem server: set-up of peer {id} failed ({e}); dropped it");
             return;
         }
-        let client = Client { socket, eventfds };
+        let fds: Vec<RawFd> = eventfds.iter().map(AsRawFd::as_raw_fd).collect();
         let others: Vec<u16> = self.peers();
-        self.clients.insert(id, client);
+        self.clients.insert(id, Client { socket, eventfds });
         info!("ivshmem server: peer {id} joined ({} peers)", self.clients.len());
         for other in others {
-            let fds: Vec<RawFd> = self.clients[&id].eventfds.iter().map(AsRawFd::as_raw_fd).collect();
-            let sent = fds.iter().try_for_each(|&fd| send(&self.clients[&other].socket, id.into(), Some(fd)));
+            // Dropping a peer that cannot take the news drops, in turn, the
+            // peers that cannot take that: the new one (whose eventfds
+            // are then closed) or one still to be told.
+            if !self.clients.contains_key(&id) {
+                break;
+            }
+            let Some(peer) = self.clients.get(&other) else { continue };
+            let sent = fds.iter().try_for_each(|&fd| send(&peer.socket, id.into(), Some(fd)));
             if let Err(e) = sent {
                 self.drop_client(other, &format!("did not take the news of peer {id} ({e})"));
             }
