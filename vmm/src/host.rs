@@ -20,16 +20,18 @@ use crate::{cpu, memory};
 /// The flags that keep Linux off the instructions the emulator lacks, then
 /// those that spare the boot emulated work it does not need: `retain_initrd`
 /// keeps the initramfs's 1 MB rather than poisoning and freeing it, and the
-/// image's switches (images/patches/0006 to 0008 and 0011; other kernels
-/// ignore them): `sched_base_slice_us` gives tasks sharing a CPU 20 ms
-/// slices, not 0.7 ms, since each context switch costs about a millisecond
-/// here, and `memops_rep_quad` has memset and memcpy move eight bytes per
-/// REP iteration (with ERMS and FSRM hidden, they would otherwise run
-/// unrolled loops, at about twice the cost here).
+/// image's switches (images/patches/0006 to 0008, 0011 and 0014; other
+/// kernels ignore them): `sched_base_slice_us` gives tasks sharing a CPU
+/// 20 ms slices, not 0.7 ms, since each context switch costs about a
+/// millisecond here, `memops_rep_quad` has memset and memcpy move eight
+/// bytes per REP iteration (with ERMS and FSRM hidden, they would otherwise
+/// run unrolled loops, at about twice the cost here), and
+/// `no_execmem_rox_cache` gives module text pages of its own rather than a
+/// 2 MiB block filled with INT3.
 /// INT3 and FWAIT, which Linux cannot avoid, are finished by the VMM instead
 /// ([`crate::emulator::finish_instruction`]), so that kernels without the image's
 /// patches boot too.
-pub const EMULATED_KERNEL_CMDLINE: &str = "noxsave clearcpuid=popcnt,cx16,smap,fsgsbase,rdrand,rdseed,rdpid,pku,ssse3,sse4_1,sse4_2,sha_ni,aes,pclmulqdq,avx,avx2,bmi1,bmi2,erms,fsrm memops_rep_quad retain_initrd keep_kernel_image_gaps keep_unpatched_alternatives sched_base_slice_us=20000";
+pub const EMULATED_KERNEL_CMDLINE: &str = "noxsave clearcpuid=popcnt,cx16,smap,fsgsbase,rdrand,rdseed,rdpid,pku,ssse3,sse4_1,sse4_2,sha_ni,aes,pclmulqdq,avx,avx2,bmi1,bmi2,erms,fsrm memops_rep_quad retain_initrd keep_kernel_image_gaps keep_unpatched_alternatives no_execmem_rox_cache sched_base_slice_us=20000";
 
 /// The image's kernel switches (images/patches/) for the two instructions
 /// that Linux cannot avoid and QEMU cannot finish where guest kernel code is
