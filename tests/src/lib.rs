@@ -228,6 +228,11 @@ impl Running {
         panic!("still running after {VM_DEADLINE:?}: killed. Its last console lines:\n{last}\n--- its log ---\n{log}");
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// What it wrote to standard error so far.
     pub fn log(&self) -> String {
         self.stderr.lock().unwrap().clone()

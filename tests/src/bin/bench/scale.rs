@@ -3,10 +3,12 @@
 //! host threads in the same run, on as many cores as the guest has vCPUs
 //! (as far as the host has them); and boots with 1 and with 4 vCPUs.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
 use std::sync::Barrier;
-use std::time::Instant;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use kvmshm_tests::{Running, Scratch, vmm};
@@ -23,32 +25,45 @@ const RECORDS: u64 = 1 << 20;
 const ROUNDS: u64 = 5;
 const THROUGHPUT_GOAL: f64 = 0.9;
 
+/// Records per second over the rounds of one point.
+#[derive(Clone, Copy)]
+pub struct Rate {
+    pub median: f64,
+    pub slowest: f64,
+    pub fastest: f64,
+}
+
+impl Rate {
+    fn of(mut rounds: Vec<f64>) -> Self {
+        rounds.sort_by(f64::total_cmp);
+        Self { median: rounds[rounds.len() / 2], slowest: rounds[0], fastest: rounds[rounds.len() - 1] }
+    }
+}
+
 pub struct ScaleResults {
     pub host_cores: usize,
     /// For each of [`VCPUS`]: the cores the host threads had (as many as
     /// vCPUs, or all the host has), and their records per second for each
     /// of [`WRITERS`].
-    pub host: Vec<(usize, Vec<f64>)>,
+    pub host: Vec<(usize, Vec<Rate>)>,
     /// Records per second in a guest with each of [`VCPUS`], for each of
     /// [`WRITERS`].
-    pub guest: Vec<Vec<f64>>,
+    pub guest: Vec<Vec<Rate>>,
+    /// For each of [`VCPUS`]: the share of their runnable time the guest's
+    /// vCPU threads waited for a host core, over the whole run.
+    pub vcpu_waits: Vec<Option<f64>>,
 }
 
 fn region_size(writers: u64) -> u64 {
     Records::required_size(writers, RECORDS).next_power_of_two()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// The demo's `scale` as host threads: `writers` threads, thread w on core
 /// w mod cores, meeting at a start line as the guest's writers do, each
 /// appending until its block is full or [`SCALE_ROUND`] has passed; all
 /// their records over the time from the first thread's start to the last
-/// one's end; the median of [`ROUNDS`].
-fn host_rate(path: &Path, writers: u64, cores: usize) -> anyhow::Result<f64> {
+/// one's end; over [`ROUNDS`].
+fn host_rate(path: &Path, writers: u64, cores: usize) -> anyhow::Result<Rate> {
     std::fs::File::create(path)?.set_len(region_size(writers))?;
     let file = MappedFile::open(path)?;
     let mut rates = Vec::new();
@@ -79,12 +94,43 @@ fn host_rate(path: &Path, writers: u64, cores: usize) -> anyhow::Result<f64> {
         rates.push(written as f64 / (end - start).as_secs_f64());
     }
     std::fs::remove_file(path)?;
-    Ok(median(rates))
+    Ok(Rate::of(rates))
+}
+
+/// Watches the vCPU threads of the process `pid` until it ends: the run
+/// delay (runnable, waiting for a core) in `/proc/PID/task/*/schedstat` as
+/// a share of their runnable time, from each thread's last sample.
+fn watch_vcpu_waits(pid: u32) -> JoinHandle<Option<f64>> {
+    std::thread::spawn(move || {
+        let tasks = format!("/proc/{pid}/task");
+        let mut last: HashMap<String, (u64, u64)> = HashMap::new();
+        while let Ok(entries) = std::fs::read_dir(&tasks) {
+            let mut vcpus = 0;
+            for task in entries.flatten().map(|e| e.path()) {
+                let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+                let stat = std::fs::read_to_string(task.join("schedstat")).unwrap_or_default();
+                let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>());
+                if let (true, Some(Ok(on_cpu)), Some(Ok(waiting))) =
+                    (comm.starts_with("vcpu"), fields.next(), fields.next())
+                {
+                    last.insert(task.display().to_string(), (on_cpu, waiting));
+                    vcpus += 1;
+                }
+            }
+            if vcpus == 0 && !last.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (on_cpu, waiting) = last.values().fold((0, 0), |(a, b), &(c, d)| (a + c, b + d));
+        (on_cpu + waiting > 0).then(|| waiting as f64 / (on_cpu + waiting) as f64)
+    })
 }
 
 /// One boot with `vcpus` vCPUs running the demo's `scale` for each of
 /// [`WRITERS`]. The VMM is not pinned: its vCPU threads may use every core.
-fn guest_rates(scratch: &Scratch, vcpus: u8) -> anyhow::Result<Vec<f64>> {
+/// Also returns how long they waited for one (see [`watch_vcpu_waits`]).
+fn guest_rates(scratch: &Scratch, vcpus: u8) -> anyhow::Result<(Vec<Rate>, Option<f64>)> {
     let max = *WRITERS.last().expect("writers");
     let shm = format!("path={},size={}", scratch.path("scale").display(), region_size(max));
     let run = WRITERS
@@ -93,27 +139,36 @@ fn guest_rates(scratch: &Scratch, vcpus: u8) -> anyhow::Result<Vec<f64>> {
         .collect::<Vec<_>>()
         .join(" :: ");
     let cpus = vcpus.to_string();
-    let out = Running::vmm(vmm(&format!("/bin/kvmshm-demo -- {run}"), &["--cpus", &cpus, "--shm", &shm])).finish();
+    let vm = Running::vmm(vmm(&format!("/bin/kvmshm-demo -- {run}"), &["--cpus", &cpus, "--shm", &shm]));
+    let waits = watch_vcpu_waits(vm.pid());
+    let out = vm.finish();
+    let waits = waits.join().expect("the schedstat watcher");
     std::fs::remove_file(scratch.path("scale"))?;
     if out.code != Some(0) {
         bail!("the scale run on {vcpus} vCPUs failed:\n{}", out.transcript());
     }
-    WRITERS
+    // "scale: 2 writers on 2 CPUs: 123 records/s, median of 5 rounds (120 123 130 99 125); ..."
+    let rates = WRITERS
         .iter()
         .map(|w| {
             let prefix = format!("scale: {w} writers on {vcpus} CPUs: ");
             out.console
                 .lines()
-                .find_map(|l| l.strip_prefix(&prefix)?.split(' ').next()?.parse().ok())
-                .with_context(|| format!("no {prefix:?} line:\n{}", out.transcript()))
+                .find_map(|l| {
+                    let rounds = l.strip_prefix(&prefix)?.split_once("rounds (")?.1.split_once(')')?.0;
+                    let rounds: Vec<f64> = rounds.split(' ').map(str::parse).collect::<Result<_, _>>().ok()?;
+                    (!rounds.is_empty()).then(|| Rate::of(rounds))
+                })
+                .with_context(|| format!("no {prefix:?} line with its rounds:\n{}", out.transcript()))
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok((rates, waits))
 }
 
 pub fn run(scratch: &Scratch) -> anyhow::Result<ScaleResults> {
     // SAFETY: sysconf has no memory effects.
     let host_cores = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1).max(1);
-    let mut by_cores: Vec<(usize, Vec<f64>)> = Vec::new();
+    let mut by_cores: Vec<(usize, Vec<Rate>)> = Vec::new();
     let mut host = Vec::new();
     for v in VCPUS {
         let cores = usize::from(v).min(host_cores);
@@ -129,12 +184,14 @@ pub fn run(scratch: &Scratch) -> anyhow::Result<ScaleResults> {
         by_cores.push((cores, rates.clone()));
         host.push((cores, rates));
     }
-    let mut guest = Vec::new();
+    let (mut guest, mut vcpu_waits) = (Vec::new(), Vec::new());
     for v in VCPUS {
         eprintln!("bench: scale, a guest with {v} vCPUs...");
-        guest.push(guest_rates(scratch, v)?);
+        let (rates, waits) = guest_rates(scratch, v)?;
+        guest.push(rates);
+        vcpu_waits.push(waits);
     }
-    Ok(ScaleResults { host_cores, host, guest })
+    Ok(ScaleResults { host_cores, host, guest, vcpu_waits })
 }
 
 fn plural(n: usize) -> &'static str {
@@ -162,12 +219,42 @@ pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
     for (i, w) in WRITERS.iter().enumerate() {
         write!(s, "| {w} |").unwrap();
         for (guest, (_, host)) in r.guest.iter().zip(&r.host) {
-            let ratio = guest[i] / host[i];
+            let ratio = guest[i].median / host[i].median;
             met &= ratio >= THROUGHPUT_GOAL;
-            write!(s, " {:.1} / {:.1} M/s = {ratio:.2} |", guest[i] / 1e6, host[i] / 1e6).unwrap();
+            write!(s, " {:.1} / {:.1} M/s = {ratio:.2} |", guest[i].median / 1e6, host[i].median / 1e6).unwrap();
         }
         s += "\n";
     }
+    s += "\nThe slowest and the fastest round of each point, guest / host threads, M/s:\n\n| writers |";
+    for v in VCPUS {
+        write!(s, " {v} vCPU{} |", plural(v as usize)).unwrap();
+    }
+    s += "\n|---|";
+    s += &"---|".repeat(VCPUS.len());
+    s += "\n";
+    let range = |r: &Rate| format!("{:.1} to {:.1}", r.slowest / 1e6, r.fastest / 1e6);
+    for (i, w) in WRITERS.iter().enumerate() {
+        write!(s, "| {w} |").unwrap();
+        for (guest, (_, host)) in r.guest.iter().zip(&r.host) {
+            write!(s, " {} / {} |", range(&guest[i]), range(&host[i])).unwrap();
+        }
+        s += "\n";
+    }
+    let waits: Vec<String> = VCPUS
+        .iter()
+        .zip(&r.vcpu_waits)
+        .map(|(v, w)| match w {
+            Some(w) => format!("{:.1}% with {v} vCPU{}", 100.0 * w, plural(*v as usize)),
+            None => format!("not measured with {v} vCPU{}", plural(*v as usize)),
+        })
+        .collect();
+    writeln!(
+        s,
+        "\nThe guests' vCPU threads waited for a host core (runnable but not running: the run delay in \
+         /proc/PID/task/*/schedstat, over each whole run, boot included) for {} of their runnable time.",
+        waits.join(", ")
+    )
+    .unwrap();
     writeln!(
         s,
         "\nGoal (every point >= {THROUGHPUT_GOAL} x the host threads): {}. This host has {} cores: with more \
