@@ -18,9 +18,9 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED, kvm_run};
+use kvm_bindings::{KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED, kvm_regs, kvm_run};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
 use crate::device_manager::{self, DeviceManager, Request};
@@ -218,7 +218,7 @@ impl Vcpu {
                     None
                 }
                 Ok(VcpuExit::Intr) => {
-                    self.kicked(run)?;
+                    self.kicked(run, mem)?;
                     None
                 }
                 Ok(VcpuExit::MemoryFault { gpa, size, .. }) => return Err(Error::MemoryFault { gpa, size }),
@@ -226,7 +226,7 @@ impl Vcpu {
                 Ok(VcpuExit::FailEntry(reason, _)) => return Err(Error::FailEntry(reason)),
                 Ok(other) => return Err(Error::UnexpectedExit(format!("{other:?}"))),
                 Err(e) if e.errno() == libc::EINTR => {
-                    self.kicked(run)?;
+                    self.kicked(run, mem)?;
                     None
                 }
                 // A vCPU waiting for its start woke without a signal.
@@ -243,16 +243,29 @@ impl Vcpu {
     /// After a kick: re-arms `KVM_RUN` (before the loop looks at the stop
     /// flag again, so that a kick after this is not lost) and takes a
     /// sample, if the guest has started this vCPU.
-    fn kicked(&mut self, run: *mut kvm_run) -> Result<(), Error> {
+    fn kicked(&mut self, run: *mut kvm_run, mem: &GuestMemoryMmap) -> Result<(), Error> {
         // SAFETY: `run` is this vCPU's kvm_run page, mapped while `self.fd`
         // lives; immediate_exit is written only this way (see on_kick).
         unsafe { std::ptr::write_volatile(&raw mut (*run).immediate_exit, 0) };
         if let Some(samples) = &self.samples
             && self.started()?
         {
-            samples.record(self.fd.get_regs().map_err(kvm("get regs"))?.rip);
+            let regs = self.fd.get_regs().map_err(kvm("get regs"))?;
+            samples.record(regs.rip, self.kernel_stack_top(&regs, mem));
         }
         Ok(())
+    }
+
+    /// The word on top of the guest kernel's stack (for the profiler's
+    /// callers), or 0 in user space or where the stack is not mapped.
+    fn kernel_stack_top(&self, regs: &kvm_regs, mem: &GuestMemoryMmap) -> u64 {
+        if regs.rip < 1 << 63 {
+            return 0;
+        }
+        match self.fd.translate_gva(regs.rsp) {
+            Ok(t) if t.valid != 0 => mem.read_obj(GuestAddress(t.physical_address)).unwrap_or(0),
+            _ => 0,
+        }
     }
 
     /// Whether the guest has started this vCPU: an application processor
