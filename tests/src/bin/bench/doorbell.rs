@@ -13,7 +13,7 @@ use shm_layout::echo::Mailbox;
 use shm_layout::host::ivshmem::{Peer, Server};
 use shm_layout::host::{EchoClient, MappedFile};
 
-use crate::{Latency, on_cpu};
+use crate::{Latency, on_cpus};
 
 /// Round trips per series.
 const ROUND_TRIPS: u64 = 1000;
@@ -84,13 +84,13 @@ const ECHO_RUN: &str = "/bin/kvmshm-demo -- echo --interrupts=1 :: echo --interr
 
 pub fn run(scratch: &Scratch, qemu: Result<&Qemu, &str>) -> anyhow::Result<DoorbellResults> {
     let server = IvshmemServer::start(scratch, 1);
-    let ours = host_guest(Running::vmm(on_cpu(vmm(ECHO_RUN, &["--shm", &server.shm_option()]), 0)), &server)?;
+    let ours = host_guest(Running::vmm(on_cpus(vmm(ECHO_RUN, &["--shm", &server.shm_option()]), 0..1)), &server)?;
     drop(server);
     let qemu = qemu.map_err(str::to_string).and_then(|q| {
         eprintln!("bench: doorbells: the same with QEMU's ivshmem-doorbell...");
         let scratch = Scratch::new("bench-qemu-doorbell");
         let server = IvshmemServer::start(&scratch, 1);
-        let vm = Running::spawn(on_cpu(q.doorbell_vm(&server, ECHO_RUN), 0)).map_err(|e| format!("QEMU: {e}"))?;
+        let vm = Running::spawn(on_cpus(q.doorbell_vm(&server, ECHO_RUN), 0..1)).map_err(|e| format!("QEMU: {e}"))?;
         host_guest(vm, &server).map_err(|e| format!("{e:#}"))
     });
     Ok(DoorbellResults {
@@ -163,10 +163,10 @@ fn guest_guest(scratch: &Scratch) -> anyhow::Result<(u64, u64)> {
         format!("/bin/kvmshm-demo -- pingpong --peer={peer} --rounds={ROUND_TRIPS} --side={side}")
     };
     let lead = vmm(&run(1, 0), &["--shm", &shm]);
-    let lead = Running::vmm(on_cpu(lead, 0));
+    let lead = Running::vmm(on_cpus(lead, 0..1));
     server.await_log("peer 0 joined", 1, Duration::from_secs(60));
     let follower = vmm(&run(0, 1), &["--shm", &shm]);
-    let follower = Running::vmm(on_cpu(follower, 1));
+    let follower = Running::vmm(on_cpus(follower, 1..2));
     let (lead, follower) = (lead.finish(), follower.finish());
     if lead.code != Some(0) || follower.code != Some(0) {
         bail!("ping-pong failed:\n{}\n{}", lead.transcript(), follower.transcript());

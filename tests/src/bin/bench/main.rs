@@ -13,6 +13,7 @@ mod doorbell;
 mod report;
 mod scale;
 
+use std::ops::Range;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -196,7 +197,7 @@ fn host_stream(scratch: &Scratch, total: u64) -> anyhow::Result<f64> {
     producer.touch_ring();
     std::thread::scope(|s| {
         s.spawn(move || {
-            pin_to_cpu(0);
+            pin_to_cpus(0..1);
             let buf = vec![0xa5u8; CHUNK as usize];
             producer.answer_ping();
             (0..chunks).for_each(|n| producer.send(Direction::GuestToHost, n, &buf));
@@ -219,26 +220,30 @@ fn consume(stream: &Stream, what: &str) -> anyhow::Result<f64> {
     Ok(gbps(stream.total() * stream.chunk_len() as u64, start.elapsed()))
 }
 
-/// `cmd`, to run on `cpu` (the VMs run on CPU 0, this process on CPU 1).
-pub fn on_cpu(mut cmd: Command, cpu: usize) -> Command {
+/// `cmd`, to run on `cpus` (the VMs of the stream, doorbell and boot
+/// measurements on CPU 0, this process on CPU 1). A child started without
+/// this inherits this process's CPU 1.
+pub fn on_cpus(mut cmd: Command, cpus: Range<usize>) -> Command {
     // SAFETY: the hook only calls sched_setaffinity, which is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
-            pin_to_cpu(cpu);
+            pin_to_cpus(cpus.clone());
             Ok(())
         })
     };
     cmd
 }
 
-/// Keeps the calling thread on one CPU, so that the two sides of every
+/// Keeps the calling thread on `cpus`, so that the two sides of every
 /// measurement run on different cores, the same ones each time.
-fn pin_to_cpu(cpu: usize) {
+fn pin_to_cpus(cpus: Range<usize>) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
     // sched_setaffinity only read and write that set.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
+        for cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
     }
 }
@@ -264,7 +269,7 @@ fn host_ping_pong(scratch: &Scratch, count: u64) -> anyhow::Result<Latency> {
     let client = Stream::open(b.region())?;
     Ok(std::thread::scope(|s| {
         s.spawn(move || {
-            pin_to_cpu(0);
+            pin_to_cpus(0..1);
             server.serve_pings()
         });
         let latency = ping_pong(&client, 1, count);
@@ -306,7 +311,7 @@ fn run_vm(scratch: &Scratch, total_mib: u64, round_trips: u64) -> anyhow::Result
     );
     let shm = [format!("path={},size={ring_size}", ring.display()), format!("path={},size=64M,id=1", speed.display())];
     let cmd = vmm_image(&run, &["--shm", &shm[0], "--shm", &shm[1]]);
-    let mut vm = Running::spawn(on_cpu(cmd, 0)).context("the VMM")?;
+    let mut vm = Running::spawn(on_cpus(cmd, 0..1)).context("the VMM")?;
     vm.wait_for(START_MARKER, Duration::from_secs(600)).map_err(anyhow::Error::msg)?;
 
     let file = await_vm(&mut vm, "the ring file", || MappedFile::open(&ring).ok())?;
@@ -359,7 +364,7 @@ fn parse_memspeed(line: &str) -> anyhow::Result<MemorySpeed> {
 /// end; checks that the guest ended itself.
 fn boot(cmd: Command, what: &str) -> anyhow::Result<(Duration, Duration, String)> {
     let start = Instant::now();
-    let mut vm = Running::spawn(on_cpu(cmd, 0)).with_context(|| what.to_string())?;
+    let mut vm = Running::spawn(on_cpus(cmd, 0..1)).with_context(|| what.to_string())?;
     let to_init = vm.wait_for(START_MARKER, Duration::from_secs(900)).map_err(anyhow::Error::msg)?;
     let out = vm.finish_unchecked();
     let process = start.elapsed();
@@ -454,7 +459,7 @@ fn main() -> anyhow::Result<()> {
         bail!("the benchmark needs two CPUs: each side of the shared memory spins on its own");
     }
     // This process on CPU 1; the VM's vCPU and the host threads' peers on CPU 0.
-    pin_to_cpu(1);
+    pin_to_cpus(1..2);
     // Shared memory lives on tmpfs, as a VM's would: a file on disk would
     // add the host's writeback to the measurements.
     let scratch = Scratch::new_in(Path::new("/dev/shm"), "bench");

@@ -15,7 +15,7 @@ use kvmshm_tests::{Running, Scratch, vmm};
 use shm_layout::host::MappedFile;
 use shm_layout::records::{Records, SCALE_ROUND};
 
-use crate::{Boots, pin_to_cpu};
+use crate::{Boots, on_cpus, pin_to_cpus};
 
 pub const WRITERS: [u64; 3] = [1, 2, 4];
 pub const VCPUS: [u8; 3] = [1, 2, 4];
@@ -75,7 +75,8 @@ fn host_rate(path: &Path, writers: u64, cores: usize) -> anyhow::Result<Rate> {
                 .map(|w| {
                     let start_line = &start_line;
                     s.spawn(move || {
-                        pin_to_cpu(w as usize % cores);
+                        let cpu = w as usize % cores;
+                        pin_to_cpus(cpu..cpu + 1);
                         start_line.wait();
                         let start = Instant::now();
                         let written = area.writer(w).fill_block_while(|| start.elapsed() < SCALE_ROUND);
@@ -128,9 +129,10 @@ fn watch_vcpu_waits(pid: u32) -> JoinHandle<Option<f64>> {
 }
 
 /// One boot with `vcpus` vCPUs running the demo's `scale` for each of
-/// [`WRITERS`]. The VMM is not pinned: its vCPU threads may use every core.
-/// Also returns how long they waited for one (see [`watch_vcpu_waits`]).
-fn guest_rates(scratch: &Scratch, vcpus: u8) -> anyhow::Result<(Vec<Rate>, Option<f64>)> {
+/// [`WRITERS`]. The VMM may use every core of the host (without saying so it
+/// would inherit this process's one). Also returns how long its vCPU threads
+/// waited for a core (see [`watch_vcpu_waits`]).
+fn guest_rates(scratch: &Scratch, vcpus: u8, host_cores: usize) -> anyhow::Result<(Vec<Rate>, Option<f64>)> {
     let max = *WRITERS.last().expect("writers");
     let shm = format!("path={},size={}", scratch.path("scale").display(), region_size(max));
     let run = WRITERS
@@ -139,7 +141,8 @@ fn guest_rates(scratch: &Scratch, vcpus: u8) -> anyhow::Result<(Vec<Rate>, Optio
         .collect::<Vec<_>>()
         .join(" :: ");
     let cpus = vcpus.to_string();
-    let vm = Running::vmm(vmm(&format!("/bin/kvmshm-demo -- {run}"), &["--cpus", &cpus, "--shm", &shm]));
+    let cmd = vmm(&format!("/bin/kvmshm-demo -- {run}"), &["--cpus", &cpus, "--shm", &shm]);
+    let vm = Running::vmm(on_cpus(cmd, 0..host_cores));
     let waits = watch_vcpu_waits(vm.pid());
     let out = vm.finish();
     let waits = waits.join().expect("the schedstat watcher");
@@ -187,7 +190,7 @@ pub fn run(scratch: &Scratch) -> anyhow::Result<ScaleResults> {
     let (mut guest, mut vcpu_waits) = (Vec::new(), Vec::new());
     for v in VCPUS {
         eprintln!("bench: scale, a guest with {v} vCPUs...");
-        let (rates, waits) = guest_rates(scratch, v)?;
+        let (rates, waits) = guest_rates(scratch, v, host_cores)?;
         guest.push(rates);
         vcpu_waits.push(waits);
     }
