@@ -193,7 +193,7 @@ impl Running {
     pub fn vmm(cmd: Command) -> Self {
         let mut vm = Self::spawn(cmd).expect("start the VMM");
         let seen = Arc::new(AtomicBool::new(false));
-        let (pid, flag) = (vm.child.as_ref().expect("running").id(), seen.clone());
+        let (pid, flag) = (vm.pid(), seen.clone());
         vm.readers.push(std::thread::spawn(move || {
             let tasks = PathBuf::from(format!("/proc/{pid}/task"));
             while let Ok(entries) = std::fs::read_dir(&tasks) {

@@ -32,6 +32,11 @@ impl Samples {
     }
 }
 
+/// Whether `addr` is in the upper half, where the guest kernel lives.
+pub fn kernel_address(addr: u64) -> bool {
+    addr >= 1 << 63
+}
+
 /// A share of a function's samples below which a caller is not listed.
 const CALLER_SHARE: u32 = 10;
 const CALLERS_LISTED: usize = 3;
@@ -98,16 +103,16 @@ impl Profiler {
     }
 
     fn function(&self, rip: u64) -> &str {
-        if rip < 1 << 63 {
-            "(guest user space)"
-        } else {
+        if kernel_address(rip) {
             self.kernel_function(rip).unwrap_or("(unknown kernel address)")
+        } else {
+            "(guest user space)"
         }
     }
 
     /// The kernel function (or module area) `addr` lies in, if any.
     fn kernel_function(&self, addr: u64) -> Option<&str> {
-        if addr < 1 << 63 {
+        if !kernel_address(addr) {
             return None;
         }
         match self.symbols.partition_point(|&(a, _)| a <= addr) {

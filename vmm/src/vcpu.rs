@@ -24,7 +24,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
 use crate::device_manager::{self, DeviceManager, Request};
-use crate::profile::Samples;
+use crate::profile::{self, Samples};
 use crate::ratelimit::LogLimit;
 use crate::{emulator, lock};
 
@@ -259,7 +259,7 @@ impl Vcpu {
     /// The word on top of the guest kernel's stack (for the profiler's
     /// callers), or 0 in user space or where the stack is not mapped.
     fn kernel_stack_top(&self, regs: &kvm_regs, mem: &GuestMemoryMmap) -> u64 {
-        if regs.rip < 1 << 63 {
+        if !profile::kernel_address(regs.rip) {
             return 0;
         }
         match self.fd.translate_gva(regs.rsp) {
