@@ -17,21 +17,63 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::vcpu::Kicker;
 use crate::{cpu, memory};
 
-/// The flags that keep Linux off the instructions the emulator lacks, then
-/// those that spare the boot emulated work it does not need: `retain_initrd`
-/// keeps the initramfs's 1 MB rather than poisoning and freeing it, and the
-/// image's switches (images/patches/0006 to 0008, 0011 and 0014; other
-/// kernels ignore them): `sched_base_slice_us` gives tasks sharing a CPU
-/// 20 ms slices, not 0.7 ms, since each context switch costs about a
-/// millisecond here, `memops_rep_quad` has memset and memcpy move eight
-/// bytes per REP iteration (with ERMS and FSRM hidden, they would otherwise
-/// run unrolled loops, at about twice the cost here), and
-/// `no_execmem_rox_cache` gives module text pages of its own rather than a
-/// 2 MiB block filled with INT3.
+/// The CPU features that Linux must not use where its code is emulated:
+/// the emulator lacks their instructions (POPCNT, CMPXCHG16B, SMAP's
+/// CLAC/STAC, the SSE4 and AVX library code's LDMXCSR...), or, for ERMS and
+/// FSRM, runs them slowly (see `memops_rep_quad` below). By Linux's name
+/// (for people) and number (word * 32 + bit; word 4 is CPUID 1 ECX, 9 is
+/// CPUID 7 EBX, 16 is CPUID 7 ECX, 18 is CPUID 7 EDX), and the command
+/// line gives the numbers: Linux compares a name with each of its 700
+/// feature names (1% of a boot here), and older kernels read only numbers.
+/// Masking them in the vCPUs' CPUID does not do: on this kind of host the
+/// guest kernel still sees the host's bits. AVX, AVX2 and PKU are not
+/// listed: `noxsave` clears them, since Linux derives them from XSAVE.
+const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
+    ("popcnt", 4 * 32 + 23),
+    ("cx16", 4 * 32 + 13),
+    ("smap", 9 * 32 + 20),
+    ("fsgsbase", 9 * 32),
+    ("rdrand", 4 * 32 + 30),
+    ("rdseed", 9 * 32 + 18),
+    ("rdpid", 16 * 32 + 22),
+    ("ssse3", 4 * 32 + 9),
+    ("sse4_1", 4 * 32 + 19),
+    ("sse4_2", 4 * 32 + 20),
+    ("sha_ni", 9 * 32 + 29),
+    ("aes", 4 * 32 + 25),
+    ("pclmulqdq", 4 * 32 + 1),
+    ("bmi1", 9 * 32 + 3),
+    ("bmi2", 9 * 32 + 8),
+    ("erms", 9 * 32 + 9),
+    ("fsrm", 18 * 32 + 4),
+];
+
+/// With `clearcpuid=` (from [`CLEARED_CPU_FEATURES`]), the flags that keep
+/// Linux off the instructions the emulator lacks, then those that spare the
+/// boot emulated work it does not need: `retain_initrd` keeps the
+/// initramfs's 1 MB rather than poisoning and freeing it, and the image's
+/// switches (images/patches/0006 to 0008, 0011 and 0014; other kernels
+/// ignore them): `sched_base_slice_us` gives tasks sharing a CPU 20 ms
+/// slices, not 0.7 ms, since each context switch costs about a millisecond
+/// here, `memops_rep_quad` has memset and memcpy move eight bytes per REP
+/// iteration (with ERMS and FSRM hidden, they would otherwise run unrolled
+/// loops, at about twice the cost here), and `no_execmem_rox_cache` gives
+/// module text pages of its own rather than a 2 MiB block filled with INT3.
 /// INT3 and FWAIT, which Linux cannot avoid, are finished by the VMM instead
 /// ([`crate::emulator::finish_instruction`]), so that kernels without the image's
 /// patches boot too.
-pub const EMULATED_KERNEL_CMDLINE: &str = "noxsave clearcpuid=popcnt,cx16,smap,fsgsbase,rdrand,rdseed,rdpid,pku,ssse3,sse4_1,sse4_2,sha_ni,aes,pclmulqdq,avx,avx2,bmi1,bmi2,erms,fsrm memops_rep_quad retain_initrd keep_kernel_image_gaps keep_unpatched_alternatives no_execmem_rox_cache sched_base_slice_us=20000";
+const EMULATED_KERNEL_SWITCHES: &str = "noxsave memops_rep_quad retain_initrd keep_kernel_image_gaps \
+    keep_unpatched_alternatives no_execmem_rox_cache sched_base_slice_us=20000";
+
+/// The names of [`CLEARED_CPU_FEATURES`], for the log.
+pub fn cleared_cpu_feature_names() -> impl Iterator<Item = &'static str> {
+    CLEARED_CPU_FEATURES.iter().map(|(name, _)| *name)
+}
+
+fn emulated_kernel_cmdline() -> String {
+    let features: Vec<String> = CLEARED_CPU_FEATURES.iter().map(|(_, bit)| bit.to_string()).collect();
+    format!("clearcpuid={} {EMULATED_KERNEL_SWITCHES}", features.join(","))
+}
 
 /// The image's kernel switches (images/patches/) for the two instructions
 /// that Linux cannot avoid and QEMU cannot finish where guest kernel code is
@@ -80,14 +122,14 @@ impl HostKvm {
 
     /// What the guest command line needs on this host: nothing on an
     /// ordinary KVM host.
-    pub fn guest_cmdline(&self) -> &'static str {
-        if self.kernel_code_emulated() { EMULATED_KERNEL_CMDLINE } else { "" }
+    pub fn guest_cmdline(&self) -> String {
+        if self.kernel_code_emulated() { emulated_kernel_cmdline() } else { String::new() }
     }
 
     /// What the image's guest command line needs on this host under QEMU.
     pub fn qemu_guest_cmdline(&self) -> String {
         if self.kernel_code_emulated() {
-            format!("{EMULATED_KERNEL_CMDLINE} {QEMU_EMULATED_KERNEL_SWITCHES}")
+            format!("{} {QEMU_EMULATED_KERNEL_SWITCHES}", emulated_kernel_cmdline())
         } else {
             String::new()
         }
@@ -214,8 +256,8 @@ mod tests {
         assert_eq!(native.guest_cmdline(), "");
         assert_eq!(native.qemu_guest_cmdline(), "");
         let slow = HostKvm { kernel_ns_per_instruction: 900.0, ..native };
-        assert_eq!(slow.guest_cmdline(), EMULATED_KERNEL_CMDLINE);
-        assert!(slow.qemu_guest_cmdline().starts_with(EMULATED_KERNEL_CMDLINE));
+        assert_eq!(slow.guest_cmdline(), emulated_kernel_cmdline());
+        assert!(slow.qemu_guest_cmdline().starts_with(&emulated_kernel_cmdline()));
         assert!(slow.qemu_guest_cmdline().ends_with(QEMU_EMULATED_KERNEL_SWITCHES));
         let gap = HostKvm { kernel_popcnt_fails: true, ..native };
         assert!(gap.kernel_code_emulated());
@@ -225,7 +267,9 @@ mod tests {
     fn linux_reads_the_whole_clearcpuid_list() {
         // cpu_parse_early_param() copies the value into a 128-byte buffer:
         // a longer list loses its end (it once lost "rep_good" that way).
-        let list = EMULATED_KERNEL_CMDLINE.split(' ').find_map(|w| w.strip_prefix("clearcpuid=")).unwrap();
+        let cmdline = emulated_kernel_cmdline();
+        let list = cmdline.split(' ').find_map(|w| w.strip_prefix("clearcpuid=")).unwrap();
         assert!(list.len() < 128, "{} characters", list.len());
+        assert_eq!(list.split(',').count(), CLEARED_CPU_FEATURES.len());
     }
 }

@@ -164,7 +164,7 @@ impl Vm {
 
         let kernel = boot::load_kernel(&mem, &config.kernel)?;
         let initrd = config.initrd.as_deref().map(|p| boot::load_initrd(&mem, p, &space.ram, &kernel)).transpose()?;
-        let cmdline = boot::build_cmdline(&[BASE_CMDLINE, host.guest_cmdline(), &config.cmdline])?;
+        let cmdline = boot::build_cmdline(&[BASE_CMDLINE, &host.guest_cmdline(), &config.cmdline])?;
         info!("guest command line: {}", cmdline.as_cstring().map_err(boot::Error::Cmdline)?.to_string_lossy());
         boot::write_boot_params(&mem, &cmdline, initrd.as_ref(), &space.ram)?;
         mptable::write(&mem, config.cpus).map_err(Error::MpTable)?;
@@ -312,10 +312,11 @@ impl Shared {
 fn log_host(host: &HostKvm) {
     if host.kernel_code_emulated() {
         info!(
-            "host: guest kernel code runs in KVM's instruction emulator ({:.0} ns per instruction, popcnt {}); adding guest flags: {}",
+            "host: guest kernel code runs in KVM's instruction emulator ({:.0} ns per instruction, popcnt {}); adding guest flags: {} (clearcpuid: {})",
             host.kernel_ns_per_instruction,
             if host.kernel_popcnt_fails { "not emulated" } else { "emulated" },
-            host.guest_cmdline()
+            host.guest_cmdline(),
+            host::cleared_cpu_feature_names().collect::<Vec<_>>().join(",")
         );
     } else {
         info!(
