@@ -14,6 +14,9 @@
 //! - [`stream`]: bulk data both ways and ping-pong, for the benchmarks;
 //! - [`pingpong`]: two peers taking turns with doorbell rings (no header);
 //! - [`ends`]: the first and last pages of a region too large to map whole (no header).
+//!
+//! Beside them, [`spin`] measures what a process spinning in user space
+//! loses to interruptions, the same way in the guest and on the host.
 
 #![cfg_attr(not(any(feature = "host", test)), no_std)]
 
@@ -27,6 +30,7 @@ pub mod pingpong;
 mod prng;
 pub mod records;
 mod region;
+pub mod spin;
 pub mod stream;
 
 #[cfg(feature = "host")]

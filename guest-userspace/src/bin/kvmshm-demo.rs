@@ -32,6 +32,7 @@ use shm_layout::ends;
 use shm_layout::fill;
 use shm_layout::pingpong;
 use shm_layout::records::{RECORD_LEN, Records, SCALE_ROUND};
+use shm_layout::spin::Interruptions;
 use shm_layout::stream::{Direction, Stream};
 
 const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
@@ -39,7 +40,7 @@ const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
     write --procs N --records M [--seed S] [--spin K] [--pin 1] | check-records --procs N --records M | \
     verify --seed S | echo [--interrupts 1] | pingpong --peer P --rounds N --side 0|1 | check-doorbell --slot S | check-api | check-removal | memspeed --mib M | \
     bench [--chunk-kib K] [--slots S] --total-mib T | move-bar --to ADDR | ends --seed S | meminfo | \
-    scale --procs N --records M --rounds K; --name=VALUE works as well as --name VALUE";
+    scale --procs N --records M --rounds K | interruptions --seconds N; --name=VALUE works as well as --name VALUE";
 
 #[derive(Clone, Copy)]
 enum Command {
@@ -57,6 +58,7 @@ enum Command {
     Ends { seed: u64 },
     Meminfo,
     Scale { procs: u64, records: u64, rounds: u64 },
+    Interruptions { seconds: u64 },
 }
 
 struct Invocation {
@@ -112,6 +114,10 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
                 return Err("--procs and --rounds must be at least 1".into());
             }
             Command::Scale { procs, records: required(records, "--records")?, rounds }
+        }
+        "interruptions" => {
+            let [seconds] = numbers(args, ["--seconds"])?;
+            Command::Interruptions { seconds: required(seconds, "--seconds")? }
         }
         "ends" => {
             let [seed] = numbers(args, ["--seed"])?;
@@ -242,11 +248,12 @@ fn numbered_devices() -> Vec<(u64, String)> {
 
 fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
     match command {
-        Command::Ends { .. } | Command::Meminfo if caching.is_some() => {
+        Command::Ends { .. } | Command::Meminfo | Command::Interruptions { .. } if caching.is_some() => {
             fail(2, "--caching applies to the commands that map the whole device")
         }
         Command::Ends { seed } => return ends(path, seed),
         Command::Meminfo => return meminfo(),
+        Command::Interruptions { seconds } => return interruptions(seconds),
         _ => {}
     }
     let device = Device::open(path, caching).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
@@ -266,7 +273,9 @@ fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
             drop(device);
             move_bar(path, to)
         }
-        Command::Ends { .. } | Command::Meminfo => unreachable!("run without a mapping above"),
+        Command::Ends { .. } | Command::Meminfo | Command::Interruptions { .. } => {
+            unreachable!("run without a mapping above")
+        }
     }
 }
 
@@ -281,6 +290,15 @@ fn meminfo() -> i32 {
     }
     let mib = |pages: libc::c_ulong| (pages * libc::c_ulong::from(info.mem_unit)) >> 20;
     println!("meminfo: {} MiB of RAM, {} MiB free", mib(info.totalram), mib(info.freeram));
+    0
+}
+
+/// Spins in user space for `seconds` and prints what it lost to
+/// interruptions ([`Interruptions`]): where guest kernel code is emulated,
+/// mostly the guest's timer ticks.
+fn interruptions(seconds: u64) -> i32 {
+    let seen = Interruptions::measure(seconds.saturating_mul(1_000_000_000), now_ns);
+    println!("interruptions: spinning in user space {seen}");
     0
 }
 

@@ -383,10 +383,9 @@ fn limits(r: &Results) -> String {
     writeln!(
         s,
         "- **Guest timer ticks.** Guest user space runs natively, but every guest timer tick and interrupt \
-         runs in the guest kernel, which on a host without hardware virtualisation is emulated: hundreds of \
-         microseconds each, during which the guest side of a stream stands still (a probe spinning on the \
-         TSC in the guest lost about 12% of its time that way on the CI machine, at 100 ticks a second). \
-         The host side is interrupted too: the longest round trips were {} through the VM and {} between \
+         runs in the guest kernel, which on a host without hardware virtualisation is emulated: milliseconds \
+         each, during which the guest side of a stream stands still (the Scale section measures the share of \
+         its time a spinning guest process loses). The host side is interrupted too: the longest round trips were {} through the VM and {} between \
          host threads. The guest also copies with musl's memcpy, the host with glibc's.",
         us(r.vm_latency.max()),
         us(r.host_latency.max())

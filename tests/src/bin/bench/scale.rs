@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use kvmshm_tests::{Running, Scratch, vmm};
 use shm_layout::host::MappedFile;
 use shm_layout::records::{Records, SCALE_ROUND};
+use shm_layout::spin::Interruptions;
 
 use crate::{Boots, on_cpus, pin_to_cpus};
 
@@ -23,6 +24,9 @@ pub const VCPUS: [u8; 3] = [1, 2, 4];
 /// after [`SCALE_ROUND`].
 const RECORDS: u64 = 1 << 20;
 const ROUNDS: u64 = 5;
+/// How long the guests and a host thread spin to measure what they lose to
+/// interruptions (shm_layout::spin).
+const SPIN_SECONDS: u64 = 5;
 const THROUGHPUT_GOAL: f64 = 0.9;
 
 /// Records per second over the rounds of one point.
@@ -52,6 +56,28 @@ pub struct ScaleResults {
     /// For each of [`VCPUS`]: the share of their runnable time the guest's
     /// vCPU threads waited for a host core, over the whole run.
     pub vcpu_waits: Vec<Option<f64>>,
+    /// For each of [`VCPUS`]: what the demo's `interruptions` found in
+    /// that guest.
+    pub guest_spins: Vec<GuestSpin>,
+    /// The same spin on a host thread.
+    pub host_spin: Interruptions,
+}
+
+/// The demo's `interruptions` line, and the share lost it gives.
+pub struct GuestSpin {
+    pub text: String,
+    pub lost: f64,
+}
+
+impl GuestSpin {
+    const PREFIX: &str = "interruptions: spinning in user space ";
+
+    /// From the guest's console: "interruptions: spinning in user space lost 11.7% of 5.0 s: ..."
+    fn find(console: &str) -> Option<Self> {
+        let text = console.lines().find_map(|l| l.strip_prefix(Self::PREFIX))?;
+        let lost: f64 = text.strip_prefix("lost ")?.split_once('%')?.0.parse().ok()?;
+        Some(Self { text: text.to_string(), lost: lost / 100.0 })
+    }
 }
 
 fn region_size(writers: u64) -> u64 {
@@ -128,16 +154,26 @@ fn watch_vcpu_waits(pid: u32) -> JoinHandle<Option<f64>> {
     })
 }
 
-/// One boot with `vcpus` vCPUs running the demo's `scale` for each of
-/// [`WRITERS`]. The VMM may use every core of the host (without saying so it
-/// would inherit this process's one). Also returns how long its vCPU threads
-/// waited for a core (see [`watch_vcpu_waits`]).
-fn guest_rates(scratch: &Scratch, vcpus: u8, host_cores: usize) -> anyhow::Result<(Vec<Rate>, Option<f64>)> {
+/// A host thread on the first core spinning as the demo's `interruptions`.
+fn host_spin() -> Interruptions {
+    std::thread::spawn(|| {
+        pin_to_cpus(0..1);
+        let start = Instant::now();
+        Interruptions::measure(SPIN_SECONDS * 1_000_000_000, || start.elapsed().as_nanos() as u64)
+    })
+    .join()
+    .expect("the spinning thread")
+}
+
+/// One boot with `vcpus` vCPUs running the demo's `interruptions`, then its
+/// `scale` for each of [`WRITERS`]. The VMM may use every core of the host
+/// (without saying so it would inherit this process's one). Also returns
+/// how long its vCPU threads waited for a core (see [`watch_vcpu_waits`]).
+fn guest_rates(scratch: &Scratch, vcpus: u8, host_cores: usize) -> anyhow::Result<(Vec<Rate>, Option<f64>, GuestSpin)> {
     let max = *WRITERS.last().expect("writers");
     let shm = format!("path={},size={}", scratch.path("scale").display(), region_size(max));
-    let run = WRITERS
-        .iter()
-        .map(|w| format!("scale --procs={w} --records={RECORDS} --rounds={ROUNDS}"))
+    let run = std::iter::once(format!("interruptions --seconds={SPIN_SECONDS}"))
+        .chain(WRITERS.iter().map(|w| format!("scale --procs={w} --records={RECORDS} --rounds={ROUNDS}")))
         .collect::<Vec<_>>()
         .join(" :: ");
     let cpus = vcpus.to_string();
@@ -165,7 +201,9 @@ fn guest_rates(scratch: &Scratch, vcpus: u8, host_cores: usize) -> anyhow::Resul
                 .with_context(|| format!("no {prefix:?} line with its rounds:\n{}", out.transcript()))
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok((rates, waits))
+    let spin = GuestSpin::find(&out.console)
+        .with_context(|| format!("no {:?} line:\n{}", GuestSpin::PREFIX, out.transcript()))?;
+    Ok((rates, waits, spin))
 }
 
 pub fn run(scratch: &Scratch) -> anyhow::Result<ScaleResults> {
@@ -187,14 +225,17 @@ pub fn run(scratch: &Scratch) -> anyhow::Result<ScaleResults> {
         by_cores.push((cores, rates.clone()));
         host.push((cores, rates));
     }
-    let (mut guest, mut vcpu_waits) = (Vec::new(), Vec::new());
+    eprintln!("bench: scale, a host thread spinning for {SPIN_SECONDS} s...");
+    let host_spin = host_spin();
+    let (mut guest, mut vcpu_waits, mut guest_spins) = (Vec::new(), Vec::new(), Vec::new());
     for v in VCPUS {
         eprintln!("bench: scale, a guest with {v} vCPUs...");
-        let (rates, waits) = guest_rates(scratch, v, host_cores)?;
+        let (rates, waits, spin) = guest_rates(scratch, v, host_cores)?;
         guest.push(rates);
         vcpu_waits.push(waits);
+        guest_spins.push(spin);
     }
-    Ok(ScaleResults { host_cores, host, guest, vcpu_waits })
+    Ok(ScaleResults { host_cores, host, guest, vcpu_waits, guest_spins, host_spin })
 }
 
 fn plural(n: usize) -> &'static str {
@@ -256,6 +297,23 @@ pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
         "\nThe guests' vCPU threads waited for a host core (runnable but not running: the run delay in \
          /proc/PID/task/*/schedstat, over each whole run, boot included) for {} of their runnable time.",
         waits.join(", ")
+    )
+    .unwrap();
+    let spins: Vec<String> =
+        VCPUS.iter().zip(&r.guest_spins).map(|(v, g)| format!("{v} vCPU{}: {}", plural(*v as usize), g.text)).collect();
+    let one = &r.guest_spins[0];
+    writeln!(
+        s,
+        "\nA process that spins in user space for {SPIN_SECONDS} s, reading the clock (the demo's `interruptions`; \
+         shm_layout::spin), stands still whenever something else runs. In the guests, with {}. On a host thread: \
+         {}. A writer loses the same share of its time, which caps the guest / host ratio at (1 - {:.3}) / \
+         (1 - {:.3}) = {:.2} with 1 vCPU. Where guest kernel code is emulated, the long interruptions are the \
+         guest's timer ticks (CONFIG_HZ, images/patches/0005).",
+        spins.join("; "),
+        r.host_spin,
+        one.lost,
+        r.host_spin.lost(),
+        (1.0 - one.lost) / (1.0 - r.host_spin.lost())
     )
     .unwrap();
     writeln!(
