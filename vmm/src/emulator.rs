@@ -2,13 +2,16 @@
 //!
 //! Where guest kernel code runs in KVM's emulator (hosts without hardware
 //! virtualisation), an instruction it lacks stops the vCPU with an internal
-//! error. Two of them Linux cannot avoid, and the VMM finishes them as the
-//! CPU would have:
+//! error. Linux cannot avoid some of them, and the VMM finishes those as
+//! the CPU would have:
 //! - INT3 (Linux's boot self-test uses it on purpose): inject the #BP it
 //!   would have raised;
 //! - FWAIT (Linux runs it when a task that owns the FPU exits, to flush
 //!   delayed x87 exceptions): raise #MF if an unmasked x87 exception is
-//!   pending, else step over it.
+//!   pending, else step over it;
+//! - UD0, UD1 and UD2 (Linux's WARN() and BUG() are these): inject the #UD
+//!   they raise, so that a guest kernel warning is reported and stepped
+//!   over by the guest as on any host, instead of ending the VM.
 //!
 //! Anything else is fatal, and the error names the instruction's bytes.
 //! On an ordinary KVM host these exits never happen.
@@ -33,6 +36,7 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 }
 
 const BP: u8 = 3;
+const UD: u8 = 6;
 const MF: u8 = 16;
 const INT3: u8 = 0xcc;
 const FWAIT: u8 = 0x9b;
@@ -73,6 +77,15 @@ pub fn finish_instruction(vcpu: &VcpuFd, mem: &GuestMemoryMmap, suberror: u32, l
                 None
             }
         }
+        _ if emulation && undefined_opcode(&bytes) => {
+            limited!(
+                log,
+                Level::Info,
+                "guest kernel ran an undefined opcode at {:#x} (Linux's WARN or BUG), which KVM's emulator lacks: injected #UD",
+                regs.rip
+            );
+            Some(UD)
+        }
         _ => {
             let bytes = bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
             let bytes = if bytes.is_empty() { "unreadable".into() } else { bytes };
@@ -90,6 +103,14 @@ pub fn finish_instruction(vcpu: &VcpuFd, mem: &GuestMemoryMmap, suberror: u32, l
     Ok(())
 }
 
+/// Whether `bytes` are UD0, UD1 or UD2 (0f ff, 0f b9, 0f 0b) after any
+/// prefixes: Linux's WARN() is UD1 with an address-size prefix and REX.W.
+fn undefined_opcode(bytes: &[u8]) -> bool {
+    let prefix = |b: &u8| matches!(b, 0x26 | 0x2e | 0x36 | 0x3e | 0x40..=0x4f | 0x64..=0x67 | 0xf0 | 0xf2 | 0xf3);
+    let opcode = bytes.iter().position(|b| !prefix(b)).map(|at| &bytes[at..]);
+    matches!(opcode, Some([0x0f, 0x0b | 0xb9 | 0xff, ..]))
+}
+
 /// Up to 15 bytes at the guest's virtual address `rip`, or none if it does
 /// not translate to RAM.
 fn instruction_bytes(vcpu: &VcpuFd, mem: &GuestMemoryMmap, rip: u64) -> Vec<u8> {
@@ -101,5 +122,22 @@ fn instruction_bytes(vcpu: &VcpuFd, mem: &GuestMemoryMmap, rip: u64) -> Vec<u8> 
     match mem.read_slice(&mut bytes, GuestAddress(t.physical_address)) {
         Ok(()) => bytes,
         Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undefined_opcodes_are_ud0_ud1_and_ud2_after_any_prefixes() {
+        // Linux 7.3's WARN, as the guest ran it on this host.
+        assert!(undefined_opcode(&[0x67, 0x48, 0x0f, 0xb9, 0x3a, 0x44, 0x8b]));
+        assert!(undefined_opcode(&[0x0f, 0x0b]));
+        assert!(undefined_opcode(&[0x0f, 0xff, 0x00]));
+        assert!(!undefined_opcode(&[0x0f, 0x05])); // syscall
+        assert!(!undefined_opcode(&[0x48, 0x0f, 0xb8, 0xc3])); // popcnt: not ours to finish
+        assert!(!undefined_opcode(&[0x67, 0x48]));
+        assert!(!undefined_opcode(&[]));
     }
 }
