@@ -52,27 +52,36 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// Linux off the instructions the emulator lacks, then those that spare the
 /// boot emulated work it does not need: `retain_initrd` keeps the
 /// initramfs's 1 MB rather than poisoning and freeing it, and the image's
-/// switches (images/patches/0006 to 0008, 0011 and 0014; other kernels
-/// ignore them): `sched_base_slice_us` gives tasks sharing a CPU 20 ms
-/// slices, not 0.7 ms, since each context switch costs about a millisecond
-/// here, `memops_rep_quad` has memset and memcpy move eight bytes per REP
-/// iteration (with ERMS and FSRM hidden, they would otherwise run unrolled
-/// loops, at about twice the cost here), and `no_execmem_rox_cache` gives
-/// module text pages of its own rather than a 2 MiB block filled with INT3.
-/// INT3 and FWAIT, which Linux cannot avoid, are finished by the VMM instead
-/// ([`crate::emulator::finish_instruction`]), so that kernels without the image's
-/// patches boot too.
-const EMULATED_KERNEL_SWITCHES: &str = "noxsave memops_rep_quad retain_initrd keep_kernel_image_gaps \
+/// switches (images/patches/0006 to 0008 and 0014; other kernels ignore
+/// them): `sched_base_slice_us` gives tasks sharing a CPU 20 ms slices, not
+/// 0.7 ms, since each context switch costs about a millisecond here, and
+/// `no_execmem_rox_cache` gives module text pages of its own rather than a
+/// 2 MiB block filled with INT3. Where the probe finds REP STOSQ cheap,
+/// `memops_rep_quad` (patch 0011) follows: memset and memcpy then move eight
+/// bytes per REP iteration (with ERMS and FSRM hidden, they would otherwise
+/// run unrolled loops, at about twice the cost here).
+/// INT3, FWAIT and UD0/1/2, which Linux cannot avoid, are finished by the
+/// VMM instead ([`crate::emulator::finish_instruction`]), so that kernels
+/// without the image's patches boot too.
+const EMULATED_KERNEL_SWITCHES: &str = "noxsave retain_initrd keep_kernel_image_gaps \
     keep_unpatched_alternatives no_execmem_rox_cache sched_base_slice_us=20000";
+
+/// `memops_rep_quad` where an iteration of REP STOSQ costs less than this
+/// many loop instructions: the unrolled loops it replaces take more than
+/// one instruction per eight bytes, each a store (on this kind of host an
+/// iteration costs about one loop instruction: 0.056 s per 512 KiB by REP
+/// STOSQ at CPL0, 0.30 s by a loop of moves).
+const REP_QUAD_MAX_INSTRUCTIONS: f64 = 2.0;
 
 /// The names of [`CLEARED_CPU_FEATURES`], for the log.
 pub fn cleared_cpu_feature_names() -> impl Iterator<Item = &'static str> {
     CLEARED_CPU_FEATURES.iter().map(|(name, _)| *name)
 }
 
-fn emulated_kernel_cmdline() -> String {
+fn emulated_kernel_cmdline(rep_quad: bool) -> String {
     let features: Vec<String> = CLEARED_CPU_FEATURES.iter().map(|(_, bit)| bit.to_string()).collect();
-    format!("clearcpuid={} {EMULATED_KERNEL_SWITCHES}", features.join(","))
+    let rep_quad = if rep_quad { " memops_rep_quad" } else { "" };
+    format!("clearcpuid={} {EMULATED_KERNEL_SWITCHES}{rep_quad}", features.join(","))
 }
 
 /// The image's kernel switches (images/patches/) for the two instructions
@@ -100,6 +109,8 @@ pub enum Error {
 pub struct HostKvm {
     /// Time per guest instruction at CPL0, measured over a loop.
     pub kernel_ns_per_instruction: f64,
+    /// Time per iteration of REP STOSQ at CPL0.
+    pub kernel_ns_per_rep_stosq: f64,
     /// Whether `popcnt` at CPL0 stopped the probe with an emulation failure.
     pub kernel_popcnt_fails: bool,
     /// Whether the hypercall instruction Linux uses on this CPU's vendor
@@ -123,13 +134,19 @@ impl HostKvm {
     /// What the guest command line needs on this host: nothing on an
     /// ordinary KVM host.
     pub fn guest_cmdline(&self) -> String {
-        if self.kernel_code_emulated() { emulated_kernel_cmdline() } else { String::new() }
+        if self.kernel_code_emulated() { emulated_kernel_cmdline(self.rep_quad_pays()) } else { String::new() }
+    }
+
+    /// Whether memset and memcpy should move eight bytes per REP iteration
+    /// (the image's `memops_rep_quad`) rather than run unrolled loops.
+    pub fn rep_quad_pays(&self) -> bool {
+        self.kernel_ns_per_rep_stosq < REP_QUAD_MAX_INSTRUCTIONS * self.kernel_ns_per_instruction
     }
 
     /// What the image's guest command line needs on this host under QEMU.
     pub fn qemu_guest_cmdline(&self) -> String {
         if self.kernel_code_emulated() {
-            format!("{} {QEMU_EMULATED_KERNEL_SWITCHES}", emulated_kernel_cmdline())
+            format!("{} {QEMU_EMULATED_KERNEL_SWITCHES}", self.guest_cmdline())
         } else {
             String::new()
         }
@@ -140,6 +157,11 @@ const CODE: u64 = 0x1000;
 const LOOP_ITERATIONS: u32 = 4_000;
 const PROBE_LOOPS: usize = 5;
 const POPCNT: u64 = 0x1010;
+const REP_STOSQ: u64 = 0x1040;
+/// Where REP STOSQ writes, in the probe VM's RAM, clear of its code and
+/// page tables.
+const STOSQ_BUFFER: u64 = 1 << 20;
+const STOSQ_ITERATIONS: u32 = 4_096;
 const HYPERCALL: u64 = 0x1020;
 /// A hypercall number KVM does not know: it answers -KVM_ENOSYS and does nothing.
 const UNKNOWN_HYPERCALL: u32 = 0xffff;
@@ -159,6 +181,13 @@ pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
     mem.write_slice(&code, GuestAddress(CODE))?;
     // popcnt rax, rbx; hlt
     mem.write_slice(&[0xf3, 0x48, 0x0f, 0xb8, 0xc3, 0xf4], GuestAddress(POPCNT))?;
+    // mov edi, STOSQ_BUFFER; mov ecx, N; xor eax, eax; rep stosq; hlt
+    let mut code = vec![0xbf];
+    code.extend_from_slice(&(STOSQ_BUFFER as u32).to_le_bytes());
+    code.push(0xb9);
+    code.extend_from_slice(&STOSQ_ITERATIONS.to_le_bytes());
+    code.extend_from_slice(&[0x31, 0xc0, 0xf3, 0x48, 0xab, 0xf4]);
+    mem.write_slice(&code, GuestAddress(REP_STOSQ))?;
     // mov eax, UNKNOWN_HYPERCALL; vmcall or vmmcall; hlt
     let hypercall = hypercall_instruction(kvm)?;
     let mut code = vec![0xb8];
@@ -169,22 +198,8 @@ pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
 
     let mut vcpu = vm.create_vcpu(0)?;
     cpu::setup_long_mode(&mem, &vcpu, CODE, 0)?;
-    // The emulator's speed varies with what else the host runs: the median
-    // of five short loops is steadier than one loop as long as the five.
-    let mut samples = Vec::with_capacity(PROBE_LOOPS);
-    for _ in 0..PROBE_LOOPS {
-        let mut regs = vcpu.get_regs()?;
-        regs.rip = CODE;
-        vcpu.set_regs(&regs)?;
-        let start = Instant::now();
-        match vcpu.run()? {
-            VcpuExit::Hlt => {}
-            other => return Err(Error::Exit(format!("{other:?} in the timing loop"))),
-        }
-        samples.push(start.elapsed().as_nanos() as f64 / f64::from(2 * LOOP_ITERATIONS));
-    }
-    samples.sort_by(f64::total_cmp);
-    let ns = samples[PROBE_LOOPS / 2];
+    let ns = median_ns(&mut vcpu, CODE, 2 * LOOP_ITERATIONS)?;
+    let rep_stosq_ns = median_ns(&mut vcpu, REP_STOSQ, STOSQ_ITERATIONS)?;
 
     let mut regs = vcpu.get_regs()?;
     regs.rip = POPCNT;
@@ -205,9 +220,31 @@ pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
     drop(mem);
     Ok(HostKvm {
         kernel_ns_per_instruction: ns,
+        kernel_ns_per_rep_stosq: rep_stosq_ns,
         kernel_popcnt_fails: popcnt_fails,
         hypercalls_fail: !finished || after != hypercall,
     })
+}
+
+/// Runs the code at `rip` to its HLT [`PROBE_LOOPS`] times and returns the
+/// median time per `steps` (instructions or iterations): the emulator's
+/// speed varies with what else the host runs, and the median of five short
+/// runs is steadier than one run as long as the five.
+fn median_ns(vcpu: &mut VcpuFd, rip: u64, steps: u32) -> Result<f64, Error> {
+    let mut samples = Vec::with_capacity(PROBE_LOOPS);
+    for _ in 0..PROBE_LOOPS {
+        let mut regs = vcpu.get_regs()?;
+        regs.rip = rip;
+        vcpu.set_regs(&regs)?;
+        let start = Instant::now();
+        match vcpu.run()? {
+            VcpuExit::Hlt => {}
+            other => return Err(Error::Exit(format!("{other:?} in a timed run at {rip:#x}"))),
+        }
+        samples.push(start.elapsed().as_nanos() as f64 / f64::from(steps));
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[PROBE_LOOPS / 2])
 }
 
 /// Runs `vcpu` to its next exit, interrupting it after `limit`; returns
@@ -252,12 +289,22 @@ mod tests {
 
     #[test]
     fn cmdline_flags_only_where_kernel_code_is_emulated() {
-        let native = HostKvm { kernel_ns_per_instruction: 1.0, kernel_popcnt_fails: false, hypercalls_fail: false };
+        let native = HostKvm {
+            kernel_ns_per_instruction: 1.0,
+            kernel_ns_per_rep_stosq: 0.3,
+            kernel_popcnt_fails: false,
+            hypercalls_fail: false,
+        };
         assert_eq!(native.guest_cmdline(), "");
         assert_eq!(native.qemu_guest_cmdline(), "");
-        let slow = HostKvm { kernel_ns_per_instruction: 900.0, ..native };
-        assert_eq!(slow.guest_cmdline(), emulated_kernel_cmdline());
-        assert!(slow.qemu_guest_cmdline().starts_with(&emulated_kernel_cmdline()));
+        let slow = HostKvm { kernel_ns_per_instruction: 900.0, kernel_ns_per_rep_stosq: 800.0, ..native };
+        assert_eq!(slow.guest_cmdline(), emulated_kernel_cmdline(true));
+        assert!(slow.guest_cmdline().ends_with(" memops_rep_quad"));
+        assert!(slow.qemu_guest_cmdline().starts_with(&emulated_kernel_cmdline(true)));
+        // An emulator that took each REP iteration as slowly as several
+        // instructions: the unrolled loops are kept.
+        let slow_rep = HostKvm { kernel_ns_per_rep_stosq: 5000.0, ..slow };
+        assert!(!slow_rep.guest_cmdline().contains("memops_rep_quad"));
         assert!(slow.qemu_guest_cmdline().ends_with(QEMU_EMULATED_KERNEL_SWITCHES));
         let gap = HostKvm { kernel_popcnt_fails: true, ..native };
         assert!(gap.kernel_code_emulated());
@@ -267,7 +314,7 @@ mod tests {
     fn linux_reads_the_whole_clearcpuid_list() {
         // cpu_parse_early_param() copies the value into a 128-byte buffer:
         // a longer list loses its end (it once lost "rep_good" that way).
-        let cmdline = emulated_kernel_cmdline();
+        let cmdline = emulated_kernel_cmdline(true);
         let list = cmdline.split(' ').find_map(|w| w.strip_prefix("clearcpuid=")).unwrap();
         assert!(list.len() < 128, "{} characters", list.len());
         assert_eq!(list.split(',').count(), CLEARED_CPU_FEATURES.len());

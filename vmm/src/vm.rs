@@ -312,8 +312,9 @@ impl Shared {
 fn log_host(host: &HostKvm) {
     if host.kernel_code_emulated() {
         info!(
-            "host: guest kernel code runs in KVM's instruction emulator ({:.0} ns per instruction, popcnt {}); adding guest flags: {} (clearcpuid: {})",
+            "host: guest kernel code runs in KVM's instruction emulator ({:.0} ns per instruction, {:.0} ns per REP STOSQ iteration, popcnt {}); adding guest flags: {} (clearcpuid: {})",
             host.kernel_ns_per_instruction,
+            host.kernel_ns_per_rep_stosq,
             if host.kernel_popcnt_fails { "not emulated" } else { "emulated" },
             host.guest_cmdline(),
             host::cleared_cpu_feature_names().collect::<Vec<_>>().join(",")
