@@ -123,6 +123,49 @@ pub fn open_region_file(path: &str) -> Result<(File, u64), DeviceError> {
     open_unmapped(path).map(|(file, info)| (file, info.size))
 }
 
+/// The size of the driver's large pages: a 2 MiB-aligned part of a mapping
+/// whose shared-memory offset is 2 MiB-aligned too (the region is, in
+/// physical memory: its BAR is aligned to its size) is mapped with 2 MiB
+/// page table entries (PMDs) instead of 4 KiB ones.
+pub const HUGE_PAGE: usize = 2 << 20;
+
+/// Maps `len` bytes of `fd` from `offset`, shared and read-write, at an
+/// address `skew` bytes past a multiple of [`HUGE_PAGE`] if `len` is at
+/// least that (the kernel chooses 4 KiB-aligned addresses for a device file):
+/// with `skew` = `offset` % [`HUGE_PAGE`] the driver can use 2 MiB pages.
+pub fn map_shared(fd: i32, len: usize, offset: u64, skew: usize) -> io::Result<*mut u8> {
+    let slack = if len >= HUGE_PAGE { HUGE_PAGE } else { 0 };
+    let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: reserves fresh address space (addr NULL, no access), in which
+    // only the mapping below is made; the rest is unmapped below.
+    let reserved = unsafe {
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        libc::mmap(std::ptr::null_mut(), len + slack, libc::PROT_NONE, flags, -1, 0)
+    };
+    if reserved == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let start = reserved as usize;
+    let base = if slack == 0 { start } else { start + skew.wrapping_sub(start) % HUGE_PAGE };
+    // SAFETY: MAP_FIXED over `len` bytes inside the reservation just made,
+    // which nothing else uses.
+    let map = unsafe {
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        libc::mmap(base as *mut libc::c_void, len, rw, libc::MAP_SHARED | libc::MAP_FIXED, fd, offset)
+    };
+    let result = if map == libc::MAP_FAILED { Err(io::Error::last_os_error()) } else { Ok(base as *mut u8) };
+    // What is left of the reservation: all of it if the mapping failed.
+    let left = match result {
+        Ok(_) => [(start, base - start), (base + len, start + slack - base)],
+        Err(_) => [(start, len + slack), (0, 0)],
+    };
+    for (at, len) in left.into_iter().filter(|&(_, len)| len > 0) {
+        // SAFETY: unmaps parts of the reservation made above that hold no mapping of ours.
+        unsafe { libc::munmap(at as *mut libc::c_void, len) };
+    }
+    result
+}
+
 /// A device (or file) mapped shared and read-write.
 pub struct Device {
     base: *mut u8,
@@ -152,15 +195,8 @@ impl Device {
         let caching = caching.or(driver_caching).unwrap_or(Caching::WriteBack);
         let too_small = LayoutError::TooSmall { what: "the header", needed: HEADER_LEN as u64, available: size };
         let size = usize::try_from(size).ok().filter(|&s| s >= HEADER_LEN).ok_or(DeviceError::Layout(too_small))?;
-        // SAFETY: a fresh shared mapping (addr NULL) of an fd opened
-        // read-write, checked before use and unmapped only in Drop.
-        let base = unsafe {
-            libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io_error("cannot map")(io::Error::last_os_error()));
-        }
-        Ok(Self { base: base.cast(), size, caching, iv_position: info.iv_position, vectors: info.vectors, file })
+        let base = map_shared(fd, size, 0, 0).map_err(io_error("cannot map"))?;
+        Ok(Self { base, size, caching, iv_position: info.iv_position, vectors: info.vectors, file })
     }
 
     /// IVPosition: the doorbell id of an ivshmem-doorbell device.
@@ -241,6 +277,8 @@ impl shm_layout::echo::Wake for DeviceWake<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::FileExt;
+
     use super::*;
 
     #[test]
@@ -250,5 +288,38 @@ mod tests {
         assert_eq!(KVMSHM_IOC_SET_CACHING as u32, 0x4004_4b02);
         assert_eq!(KVMSHM_IOC_RING as u32, 0x4004_4b03);
         assert_eq!(KVMSHM_IOC_WAIT as u32, 0xc018_4b05);
+    }
+
+    #[test]
+    fn map_shared_places_the_mapping_at_the_skew_and_leaves_no_reservation() {
+        let path = std::env::temp_dir().join(format!("kvmshm-map-shared-{}", std::process::id()));
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file.set_len(4 * HUGE_PAGE as u64).unwrap();
+        file.write_all_at(b"kvmshm", HUGE_PAGE as u64 + 8).unwrap();
+        let maps = || std::fs::read_to_string("/proc/self/maps").unwrap().lines().count();
+        let before = maps();
+        for (len, offset, skew, expect) in [
+            (4 * HUGE_PAGE, 0, 0, 0),
+            (3 * HUGE_PAGE, HUGE_PAGE as u64, 0, 0),
+            (2 * HUGE_PAGE, 0, 4096, 4096),
+            // Shorter than a large page: wherever the kernel puts it.
+            (8192, HUGE_PAGE as u64, 4096, usize::MAX),
+        ] {
+            let map = map_shared(file.as_raw_fd(), len, offset, skew).unwrap();
+            if expect != usize::MAX {
+                assert_eq!(map as usize % HUGE_PAGE, expect, "len {len} skew {skew}");
+            }
+            // Where the file's bytes at HUGE_PAGE + 8 are in the mapping.
+            let at = HUGE_PAGE + 8 - offset as usize;
+            let mut seen = [0u8; 6];
+            // SAFETY: `map` maps `len` bytes, and `at + 6` <= `len` in every case above.
+            unsafe { std::ptr::copy_nonoverlapping(map.add(at), seen.as_mut_ptr(), 6) };
+            assert_eq!(&seen, b"kvmshm", "len {len} offset {offset}");
+            // The one mapping is all that is left: the rest of the reservation is unmapped.
+            assert_eq!(maps(), before + 1, "len {len} skew {skew}");
+            // SAFETY: the mapping just made, no longer used.
+            unsafe { libc::munmap(map.cast(), len) };
+        }
     }
 }

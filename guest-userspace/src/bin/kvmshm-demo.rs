@@ -26,7 +26,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::time::{Duration, Instant};
 
-use guest_userspace::device::{Caching, Device, DeviceWake, open_region_file};
+use guest_userspace::device::{Caching, Device, DeviceWake, HUGE_PAGE, map_shared, open_region_file};
 use shm_layout::echo::Mailbox;
 use shm_layout::ends;
 use shm_layout::fill;
@@ -833,6 +833,7 @@ fn check_api(device: &Device, path: &str) -> i32 {
         failures += 1;
     }
     failures += check_file_io(device, path);
+    failures += check_huge_pages(device, path);
     let claimed = claimed_bars();
     let devices = std::fs::read_dir("/dev").map_or(0, |d| {
         d.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("kvmshm"))).count()
@@ -850,6 +851,95 @@ fn check_api(device: &Device, path: &str) -> i32 {
         if failures == 0 { "OK" } else { "FAILED" }
     );
     if failures == 0 { 0 } else { 1 }
+}
+
+/// The minor page faults this process has taken so far.
+fn minor_faults() -> i64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is valid, so it cannot fail.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage.ru_minflt as i64
+}
+
+/// On a region of 2 MiB or more: a fresh whole mapping at a 2 MiB-aligned
+/// address takes one page fault per 2 MiB (the driver maps each 2 MiB with
+/// one PMD on first touch), and a window from offset 4 KiB (4 KiB pages up to
+/// the first 2 MiB boundary, 2 MiB pages after it) reads and writes the same
+/// bytes as the device's mapping.
+fn check_huge_pages(device: &Device, path: &str) -> usize {
+    let region = device.region();
+    let size = region.size();
+    if size < HUGE_PAGE {
+        return 0;
+    }
+    let fd = device.file().as_raw_fd();
+    let page = 4096;
+    let mut failures = 0;
+    let mut fail = |what: String| {
+        eprintln!("kvmshm-demo: {path}: {what}");
+        failures += 1;
+    };
+    let huge_pages = (size / HUGE_PAGE) as i64;
+    match map_shared(fd, size, 0, 0) {
+        Ok(map) => {
+            let before = minor_faults();
+            for offset in (0..size).step_by(page) {
+                // SAFETY: `map` maps `size` bytes; a volatile read, so that every page is touched.
+                unsafe { std::ptr::read_volatile(map.add(offset)) };
+            }
+            let faults = minor_faults() - before;
+            // SAFETY: unmaps the mapping made above, no longer used.
+            unsafe { libc::munmap(map.cast(), size) };
+            // A stray fault or two of the process itself (stack, code) may add to the count.
+            if !(huge_pages..huge_pages + 3).contains(&faults) {
+                fail(format!(
+                    "touching the {} pages of 4 KiB of a fresh mapping took {faults} faults, not one per 2 MiB ({huge_pages})",
+                    size / page
+                ));
+            }
+        }
+        Err(e) => fail(format!("mapping it again: {e}")),
+    }
+    let len = size - page;
+    match map_shared(fd, len, page as u64, page) {
+        Ok(window) => {
+            let (mut seen, mut expected) = ([0u8; 4096], [0u8; 4096]);
+            let differs = (0..len).step_by(page).find(|&offset| {
+                // SAFETY: `window` maps `len` bytes, and `offset + page` <= `len`.
+                unsafe { std::ptr::copy_nonoverlapping(window.add(offset), seen.as_mut_ptr(), page) };
+                region.read(page + offset, &mut expected);
+                seen != expected
+            });
+            if let Some(offset) = differs {
+                fail(format!("a mapping from offset 4 KiB differs from the whole mapping at {offset:#x}"));
+            }
+            // One byte in the first page (4 KiB-mapped) and one at the first 2 MiB boundary.
+            for at in [0, HUGE_PAGE - page] {
+                let mut original = [0u8];
+                region.read(page + at, &mut original);
+                // SAFETY: `at` < `len`, inside the window.
+                unsafe { window.add(at).write_volatile(!original[0]) };
+                let mut now = [0u8];
+                region.read(page + at, &mut now);
+                region.write(page + at, &original);
+                if now[0] != !original[0] {
+                    fail(format!(
+                        "a byte written at {at:#x} of a mapping from offset 4 KiB is not in the whole mapping"
+                    ));
+                }
+            }
+            // SAFETY: unmaps the window made above, no longer used.
+            unsafe { libc::munmap(window.cast(), len) };
+        }
+        Err(e) => fail(format!("mapping from offset 4 KiB: {e}")),
+    }
+    println!(
+        "check-api: a whole mapping of {} MiB took a page fault per 2 MiB ({huge_pages}), a mapping from 4 KiB agrees with it: {}",
+        size >> 20,
+        if failures == 0 { "OK" } else { "FAILED" }
+    );
+    failures
 }
 
 /// The regions /proc/iomem lists as the driver's ("... : kvmshm").
