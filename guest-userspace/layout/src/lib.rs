@@ -16,7 +16,8 @@
 //! - [`ends`]: the first and last pages of a region too large to map whole (no header).
 //!
 //! Beside them, [`spin`] measures what a process spinning in user space
-//! loses to interruptions, the same way in the guest and on the host.
+//! loses to interruptions, and [`tlb`] what large pages are worth, the same
+//! way in the guest and on the host.
 
 #![cfg_attr(not(any(feature = "host", test)), no_std)]
 
@@ -32,6 +33,7 @@ pub mod records;
 mod region;
 pub mod spin;
 pub mod stream;
+pub mod tlb;
 
 #[cfg(feature = "host")]
 pub mod host;

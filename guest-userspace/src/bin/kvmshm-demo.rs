@@ -34,13 +34,15 @@ use shm_layout::pingpong;
 use shm_layout::records::{RECORD_LEN, Records, SCALE_ROUND};
 use shm_layout::spin::Interruptions;
 use shm_layout::stream::{Direction, Stream};
+use shm_layout::tlb::random_page_writes;
 
 const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
     [--device PATH|all] [--caching wb|wc|uc] followed by one of: \
     write --procs N --records M [--seed S] [--spin K] [--pin 1] | check-records --procs N --records M | \
     verify --seed S | echo [--interrupts 1] | pingpong --peer P --rounds N --side 0|1 | check-doorbell --slot S | check-api | check-removal | memspeed --mib M | \
     bench [--chunk-kib K] [--slots S] --total-mib T | move-bar --to ADDR | ends --seed S | meminfo | \
-    scale --procs N --records M --rounds K | interruptions --seconds N; --name=VALUE works as well as --name VALUE";
+    scale --procs N --records M --rounds K | interruptions --seconds N | pages --seconds N; \
+    --name=VALUE works as well as --name VALUE";
 
 #[derive(Clone, Copy)]
 enum Command {
@@ -53,6 +55,7 @@ enum Command {
     CheckApi,
     CheckRemoval,
     Memspeed { mib: u64 },
+    Pages { seconds: u64 },
     Bench { chunk_kib: u64, slots: u64, total_mib: u64 },
     MoveBar { to: u64 },
     Ends { seed: u64 },
@@ -155,6 +158,10 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
         "memspeed" => {
             let [mib] = numbers(args, ["--mib"])?;
             Command::Memspeed { mib: required(mib, "--mib")? }
+        }
+        "pages" => {
+            let [seconds] = numbers(args, ["--seconds"])?;
+            Command::Pages { seconds: required(seconds, "--seconds")? }
         }
         "move-bar" => {
             let [to] = numbers(args, ["--to"])?;
@@ -267,6 +274,7 @@ fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
         Command::CheckApi => check_api(&device, path),
         Command::CheckRemoval => check_removal(&device, path),
         Command::Memspeed { mib } => memspeed(&device, mib),
+        Command::Pages { seconds } => pages(&device, path, seconds),
         Command::Bench { chunk_kib, slots, total_mib } => bench(&device, path, chunk_kib, slots, total_mib),
         Command::Scale { procs, records, rounds } => scale(&device, path, procs, records, rounds),
         Command::MoveBar { to } => {
@@ -1110,6 +1118,41 @@ fn memspeed(device: &Device, mib: u64) -> i32 {
     println!(
         "memspeed: caching {}: copy in {copy_in:.0} MB/s, copy out {copy_out:.0} MB/s ({len} bytes)",
         device.caching().name()
+    );
+    0
+}
+
+/// Writes to the first cache line of random pages over the whole region
+/// (shm_layout::tlb) for `seconds`, through a mapping with 2 MiB pages (the
+/// device's own, 2 MiB-aligned) and then through one with 4 KiB pages only
+/// (the same region at an address 4 KiB off a 2 MiB boundary). On the host,
+/// run on a file of a tmpfs mounted huge=always, it measures the same for
+/// the host's pages; in a guest, the guest's 2 MiB pages are 2 MiB pages of
+/// the hardware only where the host backs the region with such.
+fn pages(device: &Device, path: &str, seconds: u64) -> i32 {
+    let size = device.region().size();
+    let small = map_shared(device.file().as_raw_fd(), size, 0, 4096)
+        .unwrap_or_else(|e| fail(1, &format!("{path}: mapping it with 4 KiB pages: {e}")));
+    // SAFETY: `small` maps `size` bytes until the munmap below, and this
+    // process makes no Rust references into it.
+    let small_region = unsafe { shm_layout::Region::new(small, size) }.expect("a region checked by Device::open");
+    let rate = |region: &shm_layout::Region<'_>| {
+        // Every page once first, so that page faults are not measured.
+        for offset in (0..region.size()).step_by(4096) {
+            region.write(offset, &[0]);
+        }
+        let start = Instant::now();
+        let writes = random_page_writes(region, || start.elapsed().as_secs() < seconds);
+        writes as f64 / start.elapsed().as_secs_f64()
+    };
+    let (huge, four_kib) = (rate(&device.region()), rate(&small_region));
+    // SAFETY: unmaps the mapping made above; `small_region` is not used any more.
+    unsafe { libc::munmap(small.cast(), size) };
+    println!(
+        "pages: writes to random pages over {} MiB: 2 MiB pages {:.1} M/s, 4 KiB pages {:.1} M/s",
+        size >> 20,
+        huge / 1e6,
+        four_kib / 1e6
     );
     0
 }

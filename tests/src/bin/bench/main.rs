@@ -4,12 +4,14 @@
 //! memory types; measures host-only memcpy and host-only ping-pong in the
 //! same run for the ratios; boots the image again with our VMM and with QEMU
 //! microvm, in turn, for the boot times; then doorbells (doorbell.rs) and
-//! scale with vCPUs and writers (scale.rs). Writes results.json, chart.svg
+//! scale with vCPUs and writers (scale.rs), and 2 MiB against 4 KiB pages
+//! (pages.rs). Writes results.json, chart.svg
 //! and REPORT.md into the output directory.
 //!
 //! usage: bench [--out DIR] [--total-mib N] [--round-trips N] [--boots N] [--no-qemu]
 
 mod doorbell;
+mod pages;
 mod report;
 mod scale;
 
@@ -481,6 +483,7 @@ fn main() -> anyhow::Result<()> {
     eprintln!("bench: doorbells: a guest and host peers on an ivshmem server, then two guests...");
     let doorbell = doorbell::run(&scratch, qemu.as_ref().map_err(String::as_str))?;
     let scale = scale::run(&scratch)?;
+    let pages = pages::run(&scratch)?;
     let results = Results {
         machine: machine(),
         total_bytes: total,
@@ -501,8 +504,9 @@ fn main() -> anyhow::Result<()> {
     let emulated = results.boot_ours.0.iter().all(|b| b.emulated);
     let doorbell = doorbell::markdown(&doorbell, emulated.then(|| results.boot_ours.ns_per_instruction()));
     let scale = scale::markdown(&scale, &results.boot_ours, &boot_ours_4);
-    std::fs::write(args.out.join("REPORT.md"), report::markdown(&results) + &doorbell + &scale)?;
-    print!("{}{doorbell}{scale}", report::summary(&results));
+    let pages = pages::markdown(&pages);
+    std::fs::write(args.out.join("REPORT.md"), report::markdown(&results) + &doorbell + &scale + &pages)?;
+    print!("{}{doorbell}{scale}{pages}", report::summary(&results));
     eprintln!("bench: wrote {}", args.out.join("REPORT.md").display());
     Ok(())
 }
