@@ -19,10 +19,10 @@
 //! physical addresses are both 2 MiB-aligned are left to the fault handler, which maps each with
 //! one PMD on first touch ([`pmd_part`]). Those cost a fault per 2 MiB instead of nothing, and
 //! need one TLB entry per 2 MiB instead of 512 for as long as the mapping is used: writes to
-//! random pages of 64 MiB ran 1.16 times as fast so in a guest, 1.17 on the host (the
-//! benchmark's page size section; the host backed the region with 2 MiB pages too). The faults take their memory type from PAT's reservations, so
-//! while such a mapping exists the driver holds one for the whole BAR: a kernel mapping of it,
-//! [`MapState::hold`].
+//! random pages of 64 MiB ran 1.16 times as fast so in a guest, 1.17 to 1.18 on the host (the
+//! benchmark's page size section; the host backed the region with 2 MiB pages too). The faults
+//! take their memory type from PAT's reservations, so while such a mapping exists the driver
+//! holds one for the whole BAR: a kernel mapping of it, [`MapState::hold`].
 //!
 //! The memory type (write-back by default, write-combining or uncached) belongs to the device,
 //! not to a file or a mapping: x86 forbids mapping the same physical memory with different

@@ -6,12 +6,13 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
+use std::process::Command;
 use std::sync::Barrier;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kvmshm_tests::{Running, Scratch, vmm};
+use kvmshm_tests::{Running, Scratch, image_file, vmm};
 use shm_layout::host::MappedFile;
 use shm_layout::records::{Records, SCALE_ROUND};
 use shm_layout::spin::Interruptions;
@@ -61,6 +62,9 @@ pub struct ScaleResults {
     pub guest_spins: Vec<GuestSpin>,
     /// The same spin on a host thread.
     pub host_spin: Interruptions,
+    /// One writer of the guest's own demo binary (the image's, built for
+    /// musl with the guest profile) run on the host on one core.
+    pub host_demo: Rate,
 }
 
 /// The demo's `interruptions` line, and the share lost it gives.
@@ -165,6 +169,39 @@ fn host_spin() -> Interruptions {
     .expect("the spinning thread")
 }
 
+/// The demo's line for `writers` writers (on `cpus` CPUs, if given), with its rounds:
+/// "scale: 2 writers on 2 CPUs: 123 records/s, median of 5 rounds (120 123 130 99 125); ..."
+fn demo_rate(console: &str, writers: u64, cpus: Option<u8>) -> Option<Rate> {
+    let prefix = format!("scale: {writers} writers on ");
+    console.lines().find_map(|l| {
+        let (on, rest) = l.strip_prefix(&prefix)?.split_once(" CPUs: ")?;
+        if cpus.is_some_and(|c| on != c.to_string()) {
+            return None;
+        }
+        let rounds = rest.split_once("rounds (")?.1.split_once(')')?.0;
+        let rounds: Vec<f64> = rounds.split(' ').map(str::parse).collect::<Result<_, _>>().ok()?;
+        (!rounds.is_empty()).then(|| Rate::of(rounds))
+    })
+}
+
+/// One writer of the image's own `kvmshm-demo` on the host, on a file, on
+/// core 0: the guest's writer code as the guest runs it, built the same way,
+/// without the VM. (The benchmark's host threads run the same source built
+/// for this host, which is laid out differently.)
+fn host_demo_rate(path: &Path) -> anyhow::Result<Rate> {
+    std::fs::File::create(path)?.set_len(region_size(1))?;
+    let mut cmd = Command::new(image_file("kvmshm-demo"));
+    cmd.arg("--device").arg(path);
+    cmd.args(["scale", "--procs=1", &format!("--records={RECORDS}"), &format!("--rounds={ROUNDS}")]);
+    let out = on_cpus(cmd, 0..1).output()?;
+    std::fs::remove_file(path)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("kvmshm-demo scale on the host failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    demo_rate(&text, 1, None).with_context(|| format!("no scale line from the host run: {text}"))
+}
+
 /// One boot with `vcpus` vCPUs running the demo's `interruptions`, then its
 /// `scale` for each of [`WRITERS`]. The VMM may use every core of the host
 /// (without saying so it would inherit this process's one). Also returns
@@ -186,19 +223,11 @@ fn guest_rates(scratch: &Scratch, vcpus: u8, host_cores: usize) -> anyhow::Resul
     if out.code != Some(0) {
         bail!("the scale run on {vcpus} vCPUs failed:\n{}", out.transcript());
     }
-    // "scale: 2 writers on 2 CPUs: 123 records/s, median of 5 rounds (120 123 130 99 125); ..."
     let rates = WRITERS
         .iter()
-        .map(|w| {
-            let prefix = format!("scale: {w} writers on {vcpus} CPUs: ");
-            out.console
-                .lines()
-                .find_map(|l| {
-                    let rounds = l.strip_prefix(&prefix)?.split_once("rounds (")?.1.split_once(')')?.0;
-                    let rounds: Vec<f64> = rounds.split(' ').map(str::parse).collect::<Result<_, _>>().ok()?;
-                    (!rounds.is_empty()).then(|| Rate::of(rounds))
-                })
-                .with_context(|| format!("no {prefix:?} line with its rounds:\n{}", out.transcript()))
+        .map(|&w| {
+            demo_rate(&out.console, w, Some(vcpus))
+                .with_context(|| format!("no scale line for {w} writers on {vcpus} CPUs:\n{}", out.transcript()))
         })
         .collect::<anyhow::Result<_>>()?;
     let spin = GuestSpin::find(&out.console)
@@ -225,6 +254,8 @@ pub fn run(scratch: &Scratch) -> anyhow::Result<ScaleResults> {
         by_cores.push((cores, rates.clone()));
         host.push((cores, rates));
     }
+    eprintln!("bench: scale, the guest's demo binary as one writer on the host...");
+    let host_demo = host_demo_rate(&scratch.path("scale-demo"))?;
     eprintln!("bench: scale, a host thread spinning for {SPIN_SECONDS} s...");
     let host_spin = host_spin();
     let (mut guest, mut vcpu_waits, mut guest_spins) = (Vec::new(), Vec::new(), Vec::new());
@@ -235,7 +266,7 @@ pub fn run(scratch: &Scratch) -> anyhow::Result<ScaleResults> {
         vcpu_waits.push(waits);
         guest_spins.push(spin);
     }
-    Ok(ScaleResults { host_cores, host, guest, vcpu_waits, guest_spins, host_spin })
+    Ok(ScaleResults { host_cores, host, guest, vcpu_waits, guest_spins, host_spin, host_demo })
 }
 
 fn plural(n: usize) -> &'static str {
@@ -284,6 +315,19 @@ pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
         }
         s += "\n";
     }
+    let one_writer = r.guest[0][0].median;
+    writeln!(
+        s,
+        "\nThe guest's own `kvmshm-demo` (the image's binary: musl, the guest build profile) run on the host as \
+         one writer process on one core made {:.1} M/s in the same run (rounds {}), {:.2} of the host threads: \
+         the same source built differently runs at another speed (code layout). Against it, the guest's 1 \
+         writer on 1 vCPU made {:.2}: what the VM costs that binary.",
+        r.host_demo.median / 1e6,
+        range(&r.host_demo),
+        r.host_demo.median / r.host[0].1[0].median,
+        one_writer / r.host_demo.median
+    )
+    .unwrap();
     let waits: Vec<String> = VCPUS
         .iter()
         .zip(&r.vcpu_waits)
