@@ -27,6 +27,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::time::{Duration, Instant};
 
 use guest_userspace::device::{Caching, Device, DeviceWake, HUGE_PAGE, map_shared, open_region_file};
+use shm_layout::Region;
 use shm_layout::echo::Mailbox;
 use shm_layout::ends;
 use shm_layout::fill;
@@ -872,7 +873,8 @@ fn minor_faults() -> i64 {
 
 /// On a region of 2 MiB or more: a fresh whole mapping at a 2 MiB-aligned
 /// address takes one page fault per 2 MiB (the driver maps each 2 MiB with
-/// one PMD on first touch), and a window from offset 4 KiB (4 KiB pages up to
+/// one PMD on first touch) and still agrees with the device's mapping after a
+/// hole is punched in a 2 MiB page, and a window from offset 4 KiB (4 KiB pages up to
 /// the first 2 MiB boundary, 2 MiB pages after it) reads and writes the same
 /// bytes as the device's mapping.
 fn check_huge_pages(device: &Device, path: &str) -> usize {
@@ -897,8 +899,6 @@ fn check_huge_pages(device: &Device, path: &str) -> usize {
                 unsafe { std::ptr::read_volatile(map.add(offset)) };
             }
             let faults = minor_faults() - before;
-            // SAFETY: unmaps the mapping made above, no longer used.
-            unsafe { libc::munmap(map.cast(), size) };
             // A stray fault or two of the process itself (stack, code) may add to the count.
             if !(huge_pages..huge_pages + 3).contains(&faults) {
                 fail(format!(
@@ -906,6 +906,21 @@ fn check_huge_pages(device: &Device, path: &str) -> usize {
                     size / page
                 ));
             }
+            // A hole in the last 2 MiB page splits the mapping there: the kernel unmaps that
+            // PMD, and the pages around the hole come back through the 4 KiB fault handler.
+            let hole = size - HUGE_PAGE + page;
+            // SAFETY: one page inside the mapping made above, which nothing uses.
+            unsafe { libc::munmap(map.add(hole).cast(), page) };
+            for at in [size - HUGE_PAGE, hole + page, size - 1] {
+                // SAFETY: `at` < `size` and outside the hole: mapped.
+                if !write_seen(&region, unsafe { map.add(at) }, at) {
+                    fail(format!(
+                        "a byte written at {at:#x} beside a hole in a 2 MiB page is not in the whole mapping"
+                    ));
+                }
+            }
+            // SAFETY: unmaps the mapping made above (and its hole), no longer used.
+            unsafe { libc::munmap(map.cast(), size) };
         }
         Err(e) => fail(format!("mapping it again: {e}")),
     }
@@ -923,15 +938,10 @@ fn check_huge_pages(device: &Device, path: &str) -> usize {
                 fail(format!("a mapping from offset 4 KiB differs from the whole mapping at {offset:#x}"));
             }
             // One byte in the first page (4 KiB-mapped) and one at the first 2 MiB boundary.
-            for at in [0, HUGE_PAGE - page] {
-                let mut original = [0u8];
-                region.read(page + at, &mut original);
+            // (A region of 2 MiB leaves the window no 2 MiB boundary.)
+            for at in [0, HUGE_PAGE - page].into_iter().filter(|&at| at < len) {
                 // SAFETY: `at` < `len`, inside the window.
-                unsafe { window.add(at).write_volatile(!original[0]) };
-                let mut now = [0u8];
-                region.read(page + at, &mut now);
-                region.write(page + at, &original);
-                if now[0] != !original[0] {
+                if !write_seen(&region, unsafe { window.add(at) }, page + at) {
                     fail(format!(
                         "a byte written at {at:#x} of a mapping from offset 4 KiB is not in the whole mapping"
                     ));
@@ -943,11 +953,24 @@ fn check_huge_pages(device: &Device, path: &str) -> usize {
         Err(e) => fail(format!("mapping from offset 4 KiB: {e}")),
     }
     println!(
-        "check-api: a whole mapping of {} MiB took a page fault per 2 MiB ({huge_pages}), a mapping from 4 KiB agrees with it: {}",
+        "check-api: a whole mapping of {} MiB took a page fault per 2 MiB ({huge_pages}), and agrees with the device's after a hole is punched in it; a mapping from 4 KiB agrees too: {}",
         size >> 20,
         if failures == 0 { "OK" } else { "FAILED" }
     );
     failures
+}
+
+/// Writes the complement of byte `offset` of `region` through `at`, another
+/// mapping of that byte, and says whether `region` sees it; then restores it.
+fn write_seen(region: &Region<'_>, at: *mut u8, offset: usize) -> bool {
+    let mut original = [0u8];
+    region.read(offset, &mut original);
+    // SAFETY: the caller passes a mapped byte of this process, shared with `region`.
+    unsafe { at.write_volatile(!original[0]) };
+    let mut now = [0u8];
+    region.read(offset, &mut now);
+    region.write(offset, &original);
+    now[0] == !original[0]
 }
 
 /// The regions /proc/iomem lists as the driver's ("... : kvmshm").
@@ -1135,8 +1158,8 @@ fn pages(device: &Device, path: &str, seconds: u64) -> i32 {
         .unwrap_or_else(|e| fail(1, &format!("{path}: mapping it with 4 KiB pages: {e}")));
     // SAFETY: `small` maps `size` bytes until the munmap below, and this
     // process makes no Rust references into it.
-    let small_region = unsafe { shm_layout::Region::new(small, size) }.expect("a region checked by Device::open");
-    let rate = |region: &shm_layout::Region<'_>| {
+    let small_region = unsafe { Region::new(small, size) }.expect("a region checked by Device::open");
+    let rate = |region: &Region<'_>| {
         // Every page once first, so that page faults are not measured.
         for offset in (0..region.size()).step_by(4096) {
             region.write(offset, &[0]);
