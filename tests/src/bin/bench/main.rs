@@ -236,6 +236,20 @@ pub fn on_cpus(mut cmd: Command, cpus: Range<usize>) -> Command {
     cmd
 }
 
+/// Runs the image's own `kvmshm-demo` on the host, on core 0, with `file`
+/// as its device and `command`: the guest's code built as the guest runs
+/// it, without the VM. Returns what it printed.
+pub fn host_demo(file: &Path, command: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = Command::new(kvmshm_tests::image_file("kvmshm-demo"));
+    cmd.arg("--device").arg(file).args(command);
+    let out = on_cpus(cmd, 0..1).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("kvmshm-demo {} on the host failed: {text}{}", command.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(text)
+}
+
 /// Keeps the calling thread on `cpus`, so that the two sides of every
 /// measurement run on different cores, the same ones each time.
 fn pin_to_cpus(cpus: Range<usize>) {

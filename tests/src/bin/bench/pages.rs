@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use kvmshm_tests::{Running, Scratch, image_file, vmm};
+use kvmshm_tests::{Running, Scratch, vmm};
 
-use crate::on_cpus;
+use crate::{host_demo, on_cpus};
 
 const SECONDS: u64 = 3;
 /// Host and guest runs, alternating; the medians are reported.
@@ -79,15 +79,8 @@ impl Drop for HugeTmpfs {
     }
 }
 
-/// The host process: the guest's demo binary, on a file.
 fn host(file: &Path) -> anyhow::Result<Rates> {
-    let mut cmd = Command::new(image_file("kvmshm-demo"));
-    cmd.arg("--device").arg(file).args(["pages", "--seconds", &SECONDS.to_string()]);
-    let out = on_cpus(cmd, 0..1).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("kvmshm-demo pages on the host failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    }
+    let text = host_demo(file, &["pages", &format!("--seconds={SECONDS}")])?;
     Rates::find(&text).with_context(|| format!("no {PREFIX:?} line from the host run: {text}"))
 }
 

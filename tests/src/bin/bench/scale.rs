@@ -6,18 +6,17 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Barrier;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kvmshm_tests::{Running, Scratch, image_file, vmm};
+use kvmshm_tests::{Running, Scratch, vmm};
 use shm_layout::host::MappedFile;
 use shm_layout::records::{Records, SCALE_ROUND};
 use shm_layout::spin::Interruptions;
 
-use crate::{Boots, on_cpus, pin_to_cpus};
+use crate::{Boots, host_demo, on_cpus, pin_to_cpus};
 
 pub const WRITERS: [u64; 3] = [1, 2, 4];
 pub const VCPUS: [u8; 3] = [1, 2, 4];
@@ -190,15 +189,9 @@ fn demo_rate(console: &str, writers: u64, cpus: Option<u8>) -> Option<Rate> {
 /// for this host, which is laid out differently.)
 fn host_demo_rate(path: &Path) -> anyhow::Result<Rate> {
     std::fs::File::create(path)?.set_len(region_size(1))?;
-    let mut cmd = Command::new(image_file("kvmshm-demo"));
-    cmd.arg("--device").arg(path);
-    cmd.args(["scale", "--procs=1", &format!("--records={RECORDS}"), &format!("--rounds={ROUNDS}")]);
-    let out = on_cpus(cmd, 0..1).output()?;
+    let text = host_demo(path, &["scale", "--procs=1", &format!("--records={RECORDS}"), &format!("--rounds={ROUNDS}")]);
     std::fs::remove_file(path)?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("kvmshm-demo scale on the host failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    }
+    let text = text?;
     demo_rate(&text, 1, None).with_context(|| format!("no scale line from the host run: {text}"))
 }
 
