@@ -339,6 +339,16 @@ struct MapState {
     hold: Option<KernelWindow>,
 }
 
+impl MapState {
+    /// Drops the hold if no vma maps the device any more: it must not outlive them, or a later
+    /// change of the memory type would conflict with its reservation.
+    fn release_unused_hold(&mut self) {
+        if self.vmas == 0 {
+            self.hold = None;
+        }
+    }
+}
+
 /// State of one device, shared by its PCI driver data and its open files.
 #[pin_data]
 struct Shared {
@@ -565,9 +575,7 @@ unsafe extern "C" fn kvmshm_vma_close(vma: *mut bindings::vm_area_struct) {
     // SAFETY: The mm core passes a valid vma of ours.
     let mut state = unsafe { vma_shared(vma) }.state.lock();
     state.vmas -= 1;
-    if state.vmas == 0 {
-        state.hold = None;
-    }
+    state.release_unused_hold();
 }
 
 /// Maps the page at `vmf`'s address: where no 2 MiB page fits any more (splitting or moving a
@@ -841,9 +849,7 @@ impl MiscDevice for KvmShmFile {
                     .and_then(|()| remap(raw, pmds.end..end, page(pmds.end)))
             };
             if let Err(e) = mapped {
-                if state.vmas == 0 {
-                    state.hold = None;
-                }
+                state.release_unused_hold();
                 return Err(e);
             }
         }
@@ -890,8 +896,9 @@ impl MiscDevice for KvmShmFile {
 /// A BAR claimed for this driver with `pci_request_region()`, as PCI drivers claim the BARs they
 /// use (it then shows as "kvmshm" in `/proc/iomem`, and no other driver can claim it), until
 /// dropped. The kernel crate claims a BAR only together with a kernel mapping of all of it
-/// (`iomap_region`); BAR2, up to gigabytes of RAM, is mapped only for user space and for each
-/// `read()` and `write()`, with the device's memory type, so it is claimed on its own.
+/// (`iomap_region`); BAR2, up to gigabytes of RAM, is mapped into the kernel only for each
+/// `read()` and `write()` and, whole, while user mappings need [`MapState::hold`], each time with
+/// the device's memory type, so it is claimed on its own.
 ///
 /// # Invariants
 ///
