@@ -12,6 +12,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use kvmshm_tests::{Running, Scratch, vmm};
 
+use crate::scale::Rate;
 use crate::{host_demo, on_cpus};
 
 const SECONDS: u64 = 3;
@@ -28,11 +29,8 @@ pub struct Rates {
 }
 
 impl Rates {
-    fn median(mut runs: Vec<Self>) -> Self {
-        let mut median = |f: fn(&Self) -> f64| {
-            runs.sort_by(|a, b| f(a).total_cmp(&f(b)));
-            f(&runs[runs.len() / 2])
-        };
+    fn median(runs: &[Self]) -> Self {
+        let median = |f: fn(&Self) -> f64| Rate::of(runs.iter().map(f).collect()).median;
         Self { huge: median(|r| r.huge), small: median(|r| r.small) }
     }
 
@@ -106,7 +104,7 @@ pub fn run(scratch: &Scratch) -> anyhow::Result<Result<PagesResults, String>> {
         hosts.push(host(&tmpfs.file("host")?)?);
         guests.push(guest(&tmpfs.file("guest")?)?);
     }
-    Ok(Ok(PagesResults { host: Rates::median(hosts), guest: Rates::median(guests) }))
+    Ok(Ok(PagesResults { host: Rates::median(&hosts), guest: Rates::median(&guests) }))
 }
 
 pub fn markdown(r: &Result<PagesResults, String>) -> String {

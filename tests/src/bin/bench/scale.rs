@@ -38,7 +38,7 @@ pub struct Rate {
 }
 
 impl Rate {
-    fn of(mut rounds: Vec<f64>) -> Self {
+    pub fn of(mut rounds: Vec<f64>) -> Self {
         rounds.sort_by(f64::total_cmp);
         Self { median: rounds[rounds.len() / 2], slowest: rounds[0], fastest: rounds[rounds.len() - 1] }
     }
