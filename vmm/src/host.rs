@@ -56,9 +56,9 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// ignore them): `no_thp_size_sysfs` skips the nine per-size THP sysfs
 /// directories, `sched_base_slice_us` gives tasks sharing a CPU 20 ms
 /// slices, not 0.7 ms, since each context switch costs about a millisecond
-/// here, and
-/// `no_execmem_rox_cache` gives module text pages of its own rather than a
-/// 2 MiB block filled with INT3. Where the probe finds REP STOSQ cheap,
+/// here, and `no_execmem_rox_cache` gives module text pages of its own
+/// rather than a 2 MiB block filled with INT3. Where the probe finds REP
+/// STOSQ cheap,
 /// `memops_rep_quad` (patch 0011) follows: memset and memcpy then move eight
 /// bytes per REP iteration (with ERMS and FSRM hidden, they would otherwise
 /// run unrolled loops, at about twice the cost here).
