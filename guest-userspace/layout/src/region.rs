@@ -98,6 +98,17 @@ impl<'a> Region<'a> {
         unsafe { ptr::copy_nonoverlapping(buf.as_ptr(), dst, buf.len()) };
     }
 
+    /// Writes `words` little-endian at the 8-aligned `offset`, a store per
+    /// word, so that values computed in registers go straight to the region.
+    pub fn write_words<const N: usize>(&self, offset: usize, words: [u64; N]) {
+        assert!(offset.is_multiple_of(8), "unaligned words at {offset:#x}");
+        let dst = self.at(offset, N * 8).cast::<u64>();
+        for (i, w) in words.into_iter().enumerate() {
+            // SAFETY: in bounds (at) and 8-aligned (base is, offset is).
+            unsafe { dst.add(i).write(w.to_le()) };
+        }
+    }
+
     /// A checksum of every byte. Computed through a small buffer: a private
     /// copy of a guest's region would cost a page fault per page, which is
     /// slow where guest kernel code is emulated.
