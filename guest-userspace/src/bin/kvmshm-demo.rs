@@ -461,7 +461,7 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
                 let mut round = 0;
                 while read_byte(my_go) {
                     round += 1;
-                    times.meet(procs * round);
+                    times.meet((procs + 1) * round);
                     let start = now_ns();
                     let deadline = start + SCALE_ROUND.as_nanos() as u64;
                     let written = Records::open(region)
@@ -492,6 +492,7 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
             Records::format(region, procs, records, round).expect("formatted once already");
         }
         go.iter().for_each(|p| write_byte(p.1, 1));
+        times.arrive();
         let complete = done.iter().filter(|p| read_byte(p.0)).count() as u64 == procs;
         if !complete {
             fail(1, &format!("round {round}: a writer wrote nothing, or died"));
@@ -560,15 +561,24 @@ impl SharedTimes {
         unsafe { &*self.slots.add(i) }
     }
 
-    /// The start line: a writer arrives and waits until `arrivals` writers
-    /// have, counted over all rounds. Woken writers would otherwise start
+    /// The start line, which the parent reaches too, last thing before it
+    /// blocks until the round ends: the parent is still runnable after it
+    /// has woken the writers, and a writer that shared its CPU and started
+    /// at once had the parent's switch in and out (emulated kernel code
+    /// here, milliseconds) inside its round.
+    fn arrive(&self) {
+        self.slot(3 * self.writers).fetch_add(1, AcqRel);
+    }
+
+    /// A writer arrives and waits until `arrivals` have (the parent's
+    /// included), counted over all rounds. Woken writers would otherwise start
     /// milliseconds apart where the guest kernel's wake-ups are emulated.
     /// The wait spins, for a start within microseconds, and yields every
     /// few tens of milliseconds so that a writer sharing its CPU still gets
     /// there (more often would cost: a system call is emulated here).
     fn meet(&self, arrivals: u64) {
+        self.arrive();
         let line = self.slot(3 * self.writers);
-        line.fetch_add(1, AcqRel);
         let mut spins = 0u32;
         while line.load(Acquire) < arrivals {
             std::hint::spin_loop();
