@@ -297,8 +297,18 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         file.set_len(4 * HUGE_PAGE as u64).unwrap();
         file.write_all_at(b"kvmshm", HUGE_PAGE as u64 + 8).unwrap();
-        let maps = || std::fs::read_to_string("/proc/self/maps").unwrap().lines().count();
-        let before = maps();
+        // The mappings that overlap [lo, hi): other tests' threads map and
+        // unmap elsewhere while this runs, so the whole count would not do.
+        let maps_in = |lo: usize, hi: usize| {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            maps.lines()
+                .filter_map(|l| {
+                    let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+                    Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?))
+                })
+                .filter(|&(start, end)| start < hi && end > lo)
+                .collect::<Vec<_>>()
+        };
         for (len, offset, skew, expect) in [
             (4 * HUGE_PAGE, 0, 0, 0),
             (3 * HUGE_PAGE, HUGE_PAGE as u64, 0, 0),
@@ -316,8 +326,11 @@ mod tests {
             // SAFETY: `map` maps `len` bytes, and `at + 6` <= `len` in every case above.
             unsafe { std::ptr::copy_nonoverlapping(map.add(at), seen.as_mut_ptr(), 6) };
             assert_eq!(&seen, b"kvmshm", "len {len} offset {offset}");
-            // The one mapping is all that is left: the rest of the reservation is unmapped.
-            assert_eq!(maps(), before + 1, "len {len} skew {skew}");
+            // The one mapping is all that is left of the reservation (len plus
+            // a large page, around it, where one was made): the rest is unmapped.
+            let margin = if expect == usize::MAX { 0 } else { HUGE_PAGE };
+            let span = (map as usize - margin, map as usize + len + margin);
+            assert_eq!(maps_in(span.0, span.1), [(map as usize, map as usize + len)], "len {len} skew {skew}");
             // SAFETY: the mapping just made, no longer used.
             unsafe { libc::munmap(map.cast(), len) };
         }
