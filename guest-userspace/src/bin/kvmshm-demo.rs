@@ -32,7 +32,7 @@ use shm_layout::echo::Mailbox;
 use shm_layout::ends;
 use shm_layout::fill;
 use shm_layout::pingpong;
-use shm_layout::records::{RECORD_LEN, Records, SCALE_ROUND};
+use shm_layout::records::{RECORD_LEN, Records, SCALE_ROUND, overall_rate};
 use shm_layout::spin::Interruptions;
 use shm_layout::stream::{Direction, Stream};
 use shm_layout::tlb::random_page_writes;
@@ -485,7 +485,7 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
     if let Err(e) = pin_to(cpus[(procs as usize - 1) % cpus.len()]) {
         fail(1, &e);
     }
-    let mut rates = Vec::new();
+    let mut done_rounds = Vec::new();
     let mut spreads = Vec::new();
     for round in 0..rounds {
         if round > 0 {
@@ -498,7 +498,7 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
             fail(1, &format!("round {round}: a writer wrote nothing, or died"));
         }
         let (start, last_start, end, written) = times.span(procs as usize);
-        rates.push(written as f64 / ((end - start) as f64 / 1e9));
+        done_rounds.push((written, (end - start) as f64 / 1e9));
         spreads.push((last_start - start) / 1000);
     }
     for fd in go.iter().map(|p| p.1).chain(done.iter().map(|p| p.0)) {
@@ -514,14 +514,16 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
     if let Err(e) = set_affinity(&cpus) {
         fail(1, &format!("unpinning: {e}"));
     }
-    let each = rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" ");
-    rates.sort_by(f64::total_cmp);
+    let list = |f: &dyn Fn(&(u64, f64)) -> String| done_rounds.iter().map(f).collect::<Vec<_>>().join(" ");
+    let rates = list(&|&(n, t)| format!("{:.0}", n as f64 / t));
+    let written = list(&|&(n, _)| n.to_string());
+    let counted = if rounds > 1 { format!("rounds 2 to {rounds}") } else { "its one round".to_string() };
     let spreads = spreads.iter().map(|us| us.to_string()).collect::<Vec<_>>().join(" ");
     println!(
-        "scale: {procs} writers on {} CPUs: {:.0} records/s, median of {rounds} rounds ({each}); \
-         the last writer started after the first by ({spreads}) us",
+        "scale: {procs} writers on {} CPUs: {:.0} records/s over {counted}; rounds ({rates}) records/s \
+         of ({written}) records; the last writer started after the first by ({spreads}) us",
         cpus.len(),
-        rates[rates.len() / 2]
+        overall_rate(&done_rounds)
     );
     0
 }

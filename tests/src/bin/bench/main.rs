@@ -109,12 +109,16 @@ impl Boot {
 /// Several boots of one VMM, with their medians.
 pub struct Boots(pub Vec<Boot>);
 
+/// The median of `values` (of the middle two, for an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
+}
+
 impl Boots {
     fn median(&self, f: impl Fn(&Boot) -> f64) -> f64 {
-        let mut v: Vec<f64> = self.0.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+        median(self.0.iter().map(f).collect())
     }
 
     pub fn to_init_s(&self) -> f64 {

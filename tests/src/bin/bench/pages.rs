@@ -12,8 +12,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use kvmshm_tests::{Running, Scratch, vmm};
 
-use crate::scale::Rate;
-use crate::{host_demo, on_cpus};
+use crate::{host_demo, median, on_cpus};
 
 const SECONDS: u64 = 3;
 /// Host and guest runs, alternating; the medians are reported.
@@ -30,8 +29,8 @@ pub struct Rates {
 
 impl Rates {
     fn median(runs: &[Self]) -> Self {
-        let median = |f: fn(&Self) -> f64| Rate::of(runs.iter().map(f).collect()).median;
-        Self { huge: median(|r| r.huge), small: median(|r| r.small) }
+        let of = |f: fn(&Self) -> f64| median(runs.iter().map(f).collect());
+        Self { huge: of(|r| r.huge), small: of(|r| r.small) }
     }
 
     /// "pages: writes to random pages over 64 MiB: 2 MiB pages 378.4 M/s, 4 KiB pages 320.7 M/s"

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use kvmshm_tests::{Running, Scratch, vmm};
 use shm_layout::host::MappedFile;
-use shm_layout::records::{Records, SCALE_ROUND};
+use shm_layout::records::{Records, SCALE_ROUND, overall_rate};
 use shm_layout::spin::Interruptions;
 
 use crate::{Boots, host_demo, on_cpus, pin_to_cpus};
@@ -23,24 +23,30 @@ pub const VCPUS: [u8; 3] = [1, 2, 4];
 /// Records per writer and round at most (64 MiB each); a writer also stops
 /// after [`SCALE_ROUND`].
 const RECORDS: u64 = 1 << 20;
-const ROUNDS: u64 = 5;
+const ROUNDS: u64 = 9;
 /// How long the guests and a host thread spin to measure what they lose to
 /// interruptions (shm_layout::spin).
 const SPIN_SECONDS: u64 = 5;
 const THROUGHPUT_GOAL: f64 = 0.9;
 
-/// Records per second over the rounds of one point.
+/// Records per second at one point: `overall` as [`overall_rate`] counts
+/// it, and the slowest and the fastest round.
 #[derive(Clone, Copy)]
 pub struct Rate {
-    pub median: f64,
+    pub overall: f64,
     pub slowest: f64,
     pub fastest: f64,
 }
 
 impl Rate {
-    pub fn of(mut rounds: Vec<f64>) -> Self {
-        rounds.sort_by(f64::total_cmp);
-        Self { median: rounds[rounds.len() / 2], slowest: rounds[0], fastest: rounds[rounds.len() - 1] }
+    /// From each round's records and seconds, in order.
+    fn of(rounds: &[(u64, f64)]) -> Self {
+        let rates = rounds.iter().map(|&(n, t)| n as f64 / t);
+        Self {
+            overall: overall_rate(rounds),
+            slowest: rates.clone().fold(f64::INFINITY, f64::min),
+            fastest: rates.fold(0.0, f64::max),
+        }
     }
 }
 
@@ -95,7 +101,7 @@ fn region_size(writers: u64) -> u64 {
 fn host_rate(path: &Path, writers: u64, cores: usize) -> anyhow::Result<Rate> {
     std::fs::File::create(path)?.set_len(region_size(writers))?;
     let file = MappedFile::open(path)?;
-    let mut rates = Vec::new();
+    let mut rounds = Vec::new();
     for round in 0..ROUNDS {
         let area = Records::format(file.region(), writers, RECORDS, round)?;
         let start_line = Barrier::new(writers as usize);
@@ -120,11 +126,10 @@ fn host_rate(path: &Path, writers: u64, cores: usize) -> anyhow::Result<Rate> {
         }
         let start = spans.iter().map(|s| s.0).min().expect("writers");
         let end = spans.iter().map(|s| s.1).max().expect("writers");
-        let written: u64 = spans.iter().map(|s| s.2).sum();
-        rates.push(written as f64 / (end - start).as_secs_f64());
+        rounds.push((spans.iter().map(|s| s.2).sum(), (end - start).as_secs_f64()));
     }
     std::fs::remove_file(path)?;
-    Ok(Rate::of(rates))
+    Ok(Rate::of(&rounds))
 }
 
 /// Watches the vCPU threads of the process `pid` until it ends: the run
@@ -169,7 +174,8 @@ fn host_spin() -> Interruptions {
 }
 
 /// The demo's line for `writers` writers (on `cpus` CPUs, if given), with its rounds:
-/// "scale: 2 writers on 2 CPUs: 123 records/s, median of 5 rounds (120 123 130 99 125); ..."
+/// "scale: 2 writers on 2 CPUs: 125 records/s over rounds 2 to 3; rounds (120 123 130) records/s
+/// of (240 246 260) records; ..."
 fn demo_rate(console: &str, writers: u64, cpus: Option<u8>) -> Option<Rate> {
     let prefix = format!("scale: {writers} writers on ");
     console.lines().find_map(|l| {
@@ -177,9 +183,13 @@ fn demo_rate(console: &str, writers: u64, cpus: Option<u8>) -> Option<Rate> {
         if cpus.is_some_and(|c| on != c.to_string()) {
             return None;
         }
-        let rounds = rest.split_once("rounds (")?.1.split_once(')')?.0;
-        let rounds: Vec<f64> = rounds.split(' ').map(str::parse).collect::<Result<_, _>>().ok()?;
-        (!rounds.is_empty()).then(|| Rate::of(rounds))
+        let list = |after: &str| -> Option<Vec<f64>> {
+            let items = rest.split_once(after)?.1.split_once(')')?.0;
+            items.split(' ').map(|x| x.parse().ok()).collect()
+        };
+        let (rates, written) = (list("rounds (")?, list("of (")?);
+        let rounds: Vec<_> = written.iter().zip(&rates).map(|(&n, &r)| (n as u64, n / r)).collect();
+        (!rounds.is_empty() && rates.len() == written.len()).then(|| Rate::of(&rounds))
     })
 }
 
@@ -270,7 +280,8 @@ fn plural(n: usize) -> &'static str {
 pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
     let mut s = format!(
         "\n## Scale\n\nRecords per second (64-byte checksummed records, each writer appending to a 64 MiB block of \
-         its own until it is full or {round_s} s have passed, all starting together; median of {ROUNDS} rounds): \
+         its own until it is full or {round_s} s have passed, all starting together; {ROUNDS} rounds, of which all \
+         the records of rounds 2 to {ROUNDS} over all their time count): \
          guest writer processes pinned one per vCPU in turn, beside the same writer \
          code as host threads pinned one per core in turn on as many cores as the guest has vCPUs (or all the \
          host has), in the same run. Each cell: guest / host threads = ratio (goal >= {THROUGHPUT_GOAL}).\n\n\
@@ -287,9 +298,9 @@ pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
     for (i, w) in WRITERS.iter().enumerate() {
         write!(s, "| {w} |").unwrap();
         for (guest, (_, host)) in r.guest.iter().zip(&r.host) {
-            let ratio = guest[i].median / host[i].median;
+            let ratio = guest[i].overall / host[i].overall;
             met &= ratio >= THROUGHPUT_GOAL;
-            write!(s, " {:.1} / {:.1} M/s = {ratio:.2} |", guest[i].median / 1e6, host[i].median / 1e6).unwrap();
+            write!(s, " {:.1} / {:.1} M/s = {ratio:.2} |", guest[i].overall / 1e6, host[i].overall / 1e6).unwrap();
         }
         s += "\n";
     }
@@ -308,17 +319,17 @@ pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
         }
         s += "\n";
     }
-    let one_writer = r.guest[0][0].median;
+    let one_writer = r.guest[0][0].overall;
     writeln!(
         s,
         "\nThe guest's own `kvmshm-demo` (the image's binary: musl, the guest build profile) run on the host as \
          one writer process on one core made {:.1} M/s in the same run (rounds {}), {:.2} of the host threads: \
          the same source built differently runs at another speed (code layout). Against it, the guest's 1 \
          writer on 1 vCPU made {:.2}: what the VM costs that binary.",
-        r.host_demo.median / 1e6,
+        r.host_demo.overall / 1e6,
         range(&r.host_demo),
-        r.host_demo.median / r.host[0].1[0].median,
-        one_writer / r.host_demo.median
+        r.host_demo.overall / r.host[0].1[0].overall,
+        one_writer / r.host_demo.overall
     )
     .unwrap();
     let waits: Vec<String> = VCPUS
