@@ -52,9 +52,10 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// Linux off the instructions the emulator lacks, then those that spare the
 /// boot emulated work it does not need: `retain_initrd` keeps the
 /// initramfs's 1 MB rather than poisoning and freeing it, and the image's
-/// switches (images/patches/0006 to 0008, 0014 and 0021; other kernels
-/// ignore them): `no_thp_size_sysfs` skips the nine per-size THP sysfs
-/// directories, `sched_base_slice_us` gives tasks sharing a CPU 20 ms
+/// switches (images/patches/0006 to 0008, 0014, 0021 and 0024; other
+/// kernels ignore them): `no_thp_size_sysfs` skips the nine per-size THP
+/// sysfs directories and `no_irq_sysfs` /sys/kernel/irq (193 nodes, 3% of
+/// the boot), `sched_base_slice_us` gives tasks sharing a CPU 20 ms
 /// slices, not 0.7 ms, since each context switch costs about a millisecond
 /// here, and `no_execmem_rox_cache` gives module text pages of its own
 /// rather than a 2 MiB block filled with INT3. Where the probe finds REP
@@ -66,7 +67,7 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// VMM instead ([`crate::emulator::finish_instruction`]), so that kernels
 /// without the image's patches boot too.
 const EMULATED_KERNEL_SWITCHES: &str = "noxsave retain_initrd keep_kernel_image_gaps \
-    keep_unpatched_alternatives no_execmem_rox_cache no_thp_size_sysfs sched_base_slice_us=20000";
+    keep_unpatched_alternatives no_execmem_rox_cache no_thp_size_sysfs no_irq_sysfs sched_base_slice_us=20000";
 
 /// `memops_rep_quad` where an iteration of REP STOSQ costs less than this
 /// many loop instructions: the unrolled loops it replaces take more than
