@@ -424,8 +424,8 @@ fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin:
 /// written for [`SCALE_ROUND`]; the rate is all their records over the time
 /// from the first writer's start to the last one's end (each reads the
 /// clock in user space), so forks, exits and wake-ups stay outside it.
-/// Prints each round's rate and their median, and how far apart the
-/// writers started.
+/// Prints the overall rate ([`overall_rate`]), each round's rate and
+/// records, and how far apart the writers started.
 fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> i32 {
     let cpus = online_cpus();
     let region = device.region();
