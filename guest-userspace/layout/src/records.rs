@@ -31,6 +31,9 @@ pub const RECORD_LEN: usize = 64;
 /// limit, so that the two measure the same thing.
 pub const SCALE_ROUND: core::time::Duration = core::time::Duration::from_millis(500);
 pub const PAYLOAD_LEN: usize = 44;
+const CONTROL_LEN: usize = 64;
+const PAYLOAD_AT: usize = 12;
+const CHECKSUM_AT: usize = PAYLOAD_AT + PAYLOAD_LEN;
 
 /// Records per second over rounds of `(records, seconds)`: all the records
 /// of the rounds after the first (which pays for first touches of the
@@ -43,9 +46,6 @@ pub fn overall_rate(rounds: &[(u64, f64)]) -> f64 {
     let (records, seconds) = counted.iter().fold((0, 0.0), |(n, t), &(rn, rt)| (n + rn, t + rt));
     records as f64 / seconds
 }
-const CONTROL_LEN: usize = 64;
-const PAYLOAD_AT: usize = 12;
-const CHECKSUM_AT: usize = PAYLOAD_AT + PAYLOAD_LEN;
 
 /// The bytes of a writer's block: `None` if that overflows a u64.
 fn stride(records: u64) -> Option<u64> {
