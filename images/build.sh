@@ -123,6 +123,7 @@ else
 		touch "$src.tmp/.kvmshm-ready"
 		rm -rf "$src" && mv "$src.tmp" "$src"
 	fi
+	touch "$src" # last used: see prune_kernel_cache
 fi
 
 # Two kernels from one source: a uniprocessor one for one vCPU, the default,
@@ -139,7 +140,7 @@ build_kernel() {
 	step="kernel build ($(basename "$fragment"))"
 	kernel_id=$(input_hash "$src_id" "$here/guest.config" "$fragment" "$toolchain_id")
 	kbuild="$cache/linux/build-$kernel_id"
-	if [ -f "$kbuild/.kvmshm-ready" ] && [ -z "${KERNEL_SRC:-}" ]; then return; fi
+	if [ -f "$kbuild/.kvmshm-ready" ] && [ -z "${KERNEL_SRC:-}" ]; then touch "$kbuild"; return; fi
 	log "building the $(basename "$fragment" .config) kernel in $kbuild (4 to 10 minutes cold on 2 cores)"
 	mkdir -p "$kbuild"
 	rm -f "$kbuild/.kvmshm-ready"
@@ -155,7 +156,23 @@ build_kernel() {
 	} | tr '\n' ' ')
 	[ -z "$wrong_opts" ] || { echo "options not as guest.config and $fragment ask: $wrong_opts" >&2; false; }
 	"${kmake[@]}" -s -C "$src" O="$kbuild" vmlinux modules
-	touch "$kbuild/.kvmshm-ready"
+	touch "$kbuild/.kvmshm-ready" "$kbuild"
+}
+
+# Each change to the patches or the configs adds a source tree and two builds
+# (about 4 GB) to the cache: keep those of the last few versions used (by
+# when they were last used: the ones just used are the newest) and drop the
+# older ones and any unpacking that was interrupted.
+prune_kernel_cache() {
+	step="pruning $cache/linux"
+	local old
+	old=$({
+		ls -dt "$cache"/linux/build-* 2>/dev/null | tail -n +9
+		ls -dt "$cache"/linux/src-* 2>/dev/null | grep -v '\.tmp$' | tail -n +5
+		ls -d "$cache"/linux/src-*.tmp 2>/dev/null
+	} || true)
+	[ -z "$old" ] || log "dropping $(echo "$old" | wc -l) older kernel trees from $cache/linux"
+	echo "$old" | while read -r d; do [ -z "$d" ] || rm -rf "$d"; done
 }
 
 # Each output is written beside its final name, then renamed: an interrupted
@@ -217,3 +234,4 @@ build_kernel "$here/up.config"
 install_image "$kbuild" "$out"
 build_kernel "$here/smp.config"
 install_image "$kbuild" "$out/smp"
+prune_kernel_cache
