@@ -432,11 +432,14 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
     Records::format(region, procs, records, 0)
         .unwrap_or_else(|e| fail(2, &format!("{path}: {procs} x {records} records: {e}")));
     let times = SharedTimes::new(procs as usize);
-    // Per writer: the parent writes a byte on `go` for each round, the
-    // writer one on `done` when it has filled its block (0 if it could
-    // not). A writer that dies closes its `done`: end of file.
+    // Per writer, the parent writes a byte on `go` for each round; nothing
+    // is written on `alive`, whose end the writer holds until it exits, so
+    // the parent sees it hang up if the writer dies. The writer that ends a
+    // round last writes a byte on `over`: the parent then wakes once a round,
+    // after the last end, not on the CPU of a writer still in its round.
     let go: Vec<_> = (0..procs).map(|_| pipe()).collect();
-    let done: Vec<_> = (0..procs).map(|_| pipe()).collect();
+    let alive: Vec<_> = (0..procs).map(|_| pipe()).collect();
+    let over = pipe();
     let mut children = Vec::new();
     for w in 0..procs as usize {
         // SAFETY: this process has one thread; the child only writes the
@@ -445,8 +448,9 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
         match unsafe { libc::fork() } {
             -1 => fail(1, &format!("fork of writer {w}: {}", io::Error::last_os_error())),
             0 => {
-                let (my_go, my_done) = (go[w].0, done[w].1);
-                for fd in go.iter().chain(&done).flat_map(|&(r, wr)| [r, wr]).filter(|&fd| fd != my_go && fd != my_done)
+                let keep = [go[w].0, alive[w].1, over.1];
+                for fd in
+                    go.iter().chain(&alive).chain([&over]).flat_map(|&(r, wr)| [r, wr]).filter(|fd| !keep.contains(fd))
                 {
                     // SAFETY: another writer's pipe ends or the parent's:
                     // closed so that each pipe's end of file means what it says.
@@ -459,7 +463,7 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
                 }
                 // End of file on `go` ends the writer.
                 let mut round = 0;
-                while read_byte(my_go) {
+                while read_byte(go[w].0) {
                     round += 1;
                     times.meet((procs + 1) * round);
                     let start = now_ns();
@@ -468,7 +472,9 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
                         .map(|area| area.writer(w as u64).fill_block_while(|| now_ns() < deadline))
                         .unwrap_or(0);
                     times.set(w, start, now_ns(), written);
-                    write_byte(my_done, u8::from(written > 0));
+                    if times.finish(procs * round) {
+                        write_byte(over.1, 1);
+                    }
                 }
                 // SAFETY: as above.
                 unsafe { libc::_exit(0) }
@@ -476,7 +482,7 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
             pid => children.push(pid),
         }
     }
-    for fd in go.iter().map(|p| p.0).chain(done.iter().map(|p| p.1)) {
+    for fd in go.iter().map(|p| p.0).chain(alive.iter().map(|p| p.1)).chain([over.1]) {
         // SAFETY: the writers' ends of the pipes, which the parent does not use.
         unsafe { libc::close(fd) };
     }
@@ -493,15 +499,17 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
         }
         go.iter().for_each(|p| write_byte(p.1, 1));
         times.arrive();
-        let complete = done.iter().filter(|p| read_byte(p.0)).count() as u64 == procs;
-        if !complete {
-            fail(1, &format!("round {round}: a writer wrote nothing, or died"));
+        if let Err(e) = wait_for_round(over.0, &alive.iter().map(|p| p.0).collect::<Vec<_>>()) {
+            fail(1, &format!("round {round}: {e}"));
+        }
+        if let Some(w) = (0..procs as usize).find(|&w| times.written(w) == 0) {
+            fail(1, &format!("round {round}: writer {w} wrote nothing"));
         }
         let (start, last_start, end, written) = times.span(procs as usize);
         done_rounds.push((written, (end - start) as f64 / 1e9));
         spreads.push((last_start - start) / 1000);
     }
-    for fd in go.iter().map(|p| p.1).chain(done.iter().map(|p| p.0)) {
+    for fd in go.iter().map(|p| p.1).chain(alive.iter().map(|p| p.0)).chain([over.0]) {
         // SAFETY: the parent's ends; closing `go` ends the writers.
         unsafe { libc::close(fd) };
     }
@@ -529,7 +537,8 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
 }
 
 /// Each writer's start, end and records of a round, and the writers' start
-/// line, in a shared anonymous mapping that forked writers inherit.
+/// and finish lines, in a shared anonymous mapping that forked writers
+/// inherit.
 struct SharedTimes {
     slots: *const AtomicU64,
     writers: usize,
@@ -537,7 +546,7 @@ struct SharedTimes {
 
 impl SharedTimes {
     fn new(writers: usize) -> Self {
-        let len = (3 * writers + 1) * size_of::<u64>();
+        let len = (3 * writers + 2) * size_of::<u64>();
         // SAFETY: a fresh anonymous shared mapping, zeroed, never unmapped
         // (it lives as long as the process).
         let map = unsafe {
@@ -557,8 +566,8 @@ impl SharedTimes {
     }
 
     fn slot(&self, i: usize) -> &AtomicU64 {
-        assert!(i <= 3 * self.writers);
-        // SAFETY: the mapping holds 3 * writers + 1 u64s, page-aligned, and
+        assert!(i <= 3 * self.writers + 1);
+        // SAFETY: the mapping holds 3 * writers + 2 u64s, page-aligned, and
         // is never unmapped; i is in it (checked above).
         unsafe { &*self.slots.add(i) }
     }
@@ -592,15 +601,28 @@ impl SharedTimes {
         }
     }
 
+    /// A writer has ended its round (after [`Self::set`]): true for the
+    /// last of `arrivals`, counted over all rounds.
+    fn finish(&self, arrivals: u64) -> bool {
+        self.slot(3 * self.writers + 1).fetch_add(1, AcqRel) + 1 == arrivals
+    }
+
     fn set(&self, writer: usize, start: u64, end: u64, written: u64) {
         self.slot(3 * writer).store(start, Relaxed);
         self.slot(3 * writer + 1).store(end, Relaxed);
         self.slot(3 * writer + 2).store(written, Relaxed);
     }
 
+    /// The records writer `writer` wrote in the round; like [`Self::span`],
+    /// for a caller that has read the round's byte on `over`.
+    fn written(&self, writer: usize) -> u64 {
+        self.slot(3 * writer + 2).load(Relaxed)
+    }
+
     /// The first start, the last start, the last end and the records of
-    /// `writers` writers. Each stored them before its byte on the done pipe,
-    /// which the caller has read.
+    /// `writers` writers. Each stored them before it finished, and the last
+    /// to finish wrote the round's byte on `over` after that, which the
+    /// caller has read.
     fn span(&self, writers: usize) -> (u64, u64, u64, u64) {
         let starts = || (0..writers).map(|w| self.slot(3 * w).load(Relaxed));
         let end = (0..writers).map(|w| self.slot(3 * w + 1).load(Relaxed)).max().unwrap_or(0);
@@ -615,6 +637,31 @@ fn now_ns() -> u64 {
     // SAFETY: as above (the vDSO answers it in user space).
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Waits for the round's byte on `over`; an error if a writer's `alive`
+/// pipe hangs up first (it died). The `alive` ends are polled for no event:
+/// only a hang-up, which poll always reports, wakes the caller.
+fn wait_for_round(over: libc::c_int, alive: &[libc::c_int]) -> Result<(), String> {
+    let poll_fd = |fd, events| libc::pollfd { fd, events, revents: 0 };
+    let mut fds: Vec<_> =
+        std::iter::once(poll_fd(over, libc::POLLIN)).chain(alive.iter().map(|&fd| poll_fd(fd, 0))).collect();
+    loop {
+        // SAFETY: `fds` is a valid array of fds.len() pollfds.
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("poll: {e}"));
+        }
+        if let Some(w) = fds[1..].iter().position(|p| p.revents != 0) {
+            return Err(format!("writer {w} died"));
+        }
+        if fds[0].revents != 0 {
+            return if read_byte(over) { Ok(()) } else { Err("every writer died".into()) };
+        }
+    }
 }
 
 fn pipe() -> (libc::c_int, libc::c_int) {
