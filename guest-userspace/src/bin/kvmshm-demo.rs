@@ -32,7 +32,7 @@ use shm_layout::echo::Mailbox;
 use shm_layout::ends;
 use shm_layout::fill;
 use shm_layout::pingpong;
-use shm_layout::records::{RECORD_LEN, Records, SCALE_ROUND, overall_rate};
+use shm_layout::records::{RECORD_LEN, Records, overall_rate, round_goes_on};
 use shm_layout::spin::Interruptions;
 use shm_layout::stream::{Direction, Stream};
 use shm_layout::tlb::random_page_writes;
@@ -420,10 +420,11 @@ fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin:
 /// the (w mod CPUs)-th online CPU, in `rounds` rounds. The writers are
 /// forked once and sleep on a pipe of their own between rounds; in each
 /// round the region is formatted afresh, the writers wake and meet at a
-/// start line, then every writer appends until its block is full or it has
-/// written for [`SCALE_ROUND`]; the rate is all their records over the time
-/// from the first writer's start to the last one's end (each reads the
-/// clock in user space), so forks, exits and wake-ups stay outside it.
+/// start line, then every writer appends until its block is full or (after
+/// the first round) it has written long enough ([`round_goes_on`]); the rate
+/// is all their records over the time from the first writer's start to the
+/// last one's end (each reads the clock in user space), so forks, exits and
+/// wake-ups stay outside it.
 /// Prints the overall rate ([`overall_rate`]), each round's rate and
 /// records, and how far apart the writers started.
 fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> i32 {
@@ -467,10 +468,9 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
                     round += 1;
                     times.meet((procs + 1) * round);
                     let start = now_ns();
-                    let deadline = start + SCALE_ROUND.as_nanos() as u64;
-                    let written = Records::open(region)
-                        .map(|area| area.writer(w as u64).fill_block_while(|| now_ns() < deadline))
-                        .unwrap_or(0);
+                    let go_on = || round_goes_on(round - 1, Duration::from_nanos(now_ns() - start));
+                    let written =
+                        Records::open(region).map(|area| area.writer(w as u64).fill_block_while(go_on)).unwrap_or(0);
                     times.set(w, start, now_ns(), written);
                     if times.finish(procs * round) {
                         write_byte(over.1, 1);

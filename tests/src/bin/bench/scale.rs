@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use kvmshm_tests::{Running, Scratch, vmm};
 use shm_layout::host::MappedFile;
-use shm_layout::records::{Records, SCALE_ROUND, overall_rate};
+use shm_layout::records::{Records, SCALE_ROUND, overall_rate, round_goes_on};
 use shm_layout::spin::Interruptions;
 
 use crate::{Boots, host_demo, on_cpus, pin_to_cpus};
@@ -21,7 +21,7 @@ use crate::{Boots, host_demo, on_cpus, pin_to_cpus};
 pub const WRITERS: [u64; 3] = [1, 2, 4];
 pub const VCPUS: [u8; 3] = [1, 2, 4];
 /// Records per writer and round at most (64 MiB each); a writer also stops
-/// after [`SCALE_ROUND`].
+/// after [`SCALE_ROUND`] from the second round on ([`round_goes_on`]).
 const RECORDS: u64 = 1 << 20;
 const ROUNDS: u64 = 9;
 /// How long the guests and a host thread spin to measure what they lose to
@@ -95,7 +95,7 @@ fn region_size(writers: u64) -> u64 {
 
 /// The demo's `scale` as host threads: `writers` threads, thread w on core
 /// w mod cores, meeting at a start line as the guest's writers do, each
-/// appending until its block is full or [`SCALE_ROUND`] has passed; all
+/// appending until its block is full or [`round_goes_on`] says stop; all
 /// their records over the time from the first thread's start to the last
 /// one's end; over [`ROUNDS`].
 fn host_rate(path: &Path, writers: u64, cores: usize) -> anyhow::Result<Rate> {
@@ -114,7 +114,7 @@ fn host_rate(path: &Path, writers: u64, cores: usize) -> anyhow::Result<Rate> {
                         pin_to_cpus(cpu..cpu + 1);
                         start_line.wait();
                         let start = Instant::now();
-                        let written = area.writer(w).fill_block_while(|| start.elapsed() < SCALE_ROUND);
+                        let written = area.writer(w).fill_block_while(|| round_goes_on(round, start.elapsed()));
                         (start, Instant::now(), written)
                     })
                 })
@@ -280,8 +280,8 @@ fn plural(n: usize) -> &'static str {
 pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
     let mut s = format!(
         "\n## Scale\n\nRecords per second (64-byte checksummed records, each writer appending to a 64 MiB block of \
-         its own until it is full or {round_s} s have passed, all starting together; {ROUNDS} rounds, of which all \
-         the records of rounds 2 to {ROUNDS} over all their time count): \
+         its own until it is full or, after the first round, {round_s} s have passed, all starting together; \
+         {ROUNDS} rounds, of which all the records of rounds 2 to {ROUNDS} over all their time count): \
          guest writer processes pinned one per vCPU in turn, beside the same writer \
          code as host threads pinned one per core in turn on as many cores as the guest has vCPUs (or all the \
          host has), in the same run. Each cell: guest / host threads = ratio (goal >= {THROUGHPUT_GOAL}).\n\n\
