@@ -55,9 +55,11 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// switches (images/patches/0006 to 0008, 0014, 0021 and 0024; other
 /// kernels ignore them): `no_thp_size_sysfs` skips the nine per-size THP
 /// sysfs directories and `no_irq_sysfs` /sys/kernel/irq (193 nodes, 3% of
-/// the boot), `sched_base_slice_us` gives tasks sharing a CPU 20 ms
-/// slices, not 0.7 ms, since each context switch costs about a millisecond
-/// here, and `no_execmem_rox_cache` gives module text pages of its own
+/// the boot), `sched_base_slice_us` gives tasks sharing a CPU 50 ms
+/// slices (times 1 + log2 of the CPUs, as the kernel scales them), not
+/// 0.7 ms, since each context switch costs one or two milliseconds here
+/// (two writer processes sharing a vCPU lost 8% of one's rate with 20 ms
+/// slices, nothing measurable with 50 or 100), and `no_execmem_rox_cache` gives module text pages of its own
 /// rather than a 2 MiB block filled with INT3. Where the probe finds REP
 /// STOSQ cheap,
 /// `memops_rep_quad` (patch 0011) follows: memset and memcpy then move eight
@@ -67,7 +69,7 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// VMM instead ([`crate::emulator::finish_instruction`]), so that kernels
 /// without the image's patches boot too.
 const EMULATED_KERNEL_SWITCHES: &str = "noxsave retain_initrd keep_kernel_image_gaps \
-    keep_unpatched_alternatives no_execmem_rox_cache no_thp_size_sysfs no_irq_sysfs sched_base_slice_us=20000";
+    keep_unpatched_alternatives no_execmem_rox_cache no_thp_size_sysfs no_irq_sysfs sched_base_slice_us=50000";
 
 /// `memops_rep_quad` where an iteration of REP STOSQ costs less than this
 /// many loop instructions: the unrolled loops it replaces take more than

@@ -369,8 +369,8 @@ pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
         "\nGoal (every point >= {THROUGHPUT_GOAL} x the host threads): {}. This host has {} cores: with more \
          writers than cores, host threads take turns on them; a guest with more vCPUs than the host has cores \
          has vCPU threads that take turns on the host, and its host baseline stays at the host's cores. With \
-         more writers than vCPUs, guest processes take turns on the vCPUs in slices of 20 ms \
-         (sched_base_slice_us, images/patches/0008), each switch costing about a millisecond of emulated \
+         more writers than vCPUs, guest processes take turns on the vCPUs in slices of 50 ms \
+         (sched_base_slice_us, images/patches/0008), each switch costing one or two milliseconds of emulated \
          guest kernel code where that is emulated.\n",
         if met { "met" } else { "not met" },
         r.host_cores
