@@ -37,7 +37,18 @@ pub enum Error {
     CmdlineWrite(#[source] linux_loader::loader::Error),
     #[error("writing the zero page into guest memory")]
     ZeroPage(#[source] linux_loader::configurator::Error),
+    #[error("a random seed for the guest from the host's getrandom")]
+    RngSeed(#[source] std::io::Error),
+    #[error("writing the guest's random seed into guest memory")]
+    RngSeedWrite(#[source] vm_memory::GuestMemoryError),
 }
+
+/// The `setup_data` type of a seed for the kernel's random number generator
+/// (arch/x86/include/uapi/asm/bootparam.h).
+const SETUP_RNG_SEED: u32 = 9;
+/// The 256 bits the kernel's CRNG needs to be ready: the kernel credits a
+/// boot loader's seed in full (`random.trust_bootloader`, on by default).
+const RNG_SEED_LEN: usize = 32;
 
 /// The kernel's entry point and what the zero page must say about it.
 pub struct Kernel {
@@ -97,7 +108,8 @@ fn e820(ram: &[Range<u64>]) -> Vec<(u64, u64, u32)> {
     e820
 }
 
-/// Writes the command line and the zero page, whose e820 map says where RAM is.
+/// Writes the command line, a random seed ([`write_rng_seed`]) and the zero
+/// page, whose e820 map says where RAM is and which points to the other two.
 pub fn write_boot_params(
     mem: &GuestMemoryMmap,
     cmdline: &Cmdline,
@@ -115,6 +127,7 @@ pub fn write_boot_params(
     hdr.cmd_line_ptr = layout::CMDLINE as u32;
     hdr.cmdline_size = cmdline_len as u32;
     hdr.kernel_alignment = 0x100_0000;
+    hdr.setup_data = write_rng_seed(mem)?;
     if let Some(initrd) = initrd {
         hdr.ramdisk_image = initrd.addr as u32;
         hdr.ramdisk_size = initrd.size as u32;
@@ -131,12 +144,55 @@ pub fn write_boot_params(
     .map_err(Error::ZeroPage)
 }
 
+/// A seed from the host's random number generator, as a `setup_data` entry
+/// at [`layout::SETUP_DATA`]; returns its address. Without one the guest's
+/// CRNG has no entropy during the whole boot (no RDRAND where it is hidden,
+/// few interrupts), and while it has none every `get_random_*` call, for
+/// each fork, exec and hash table, hashes the input pool again: BLAKE2s was
+/// 2% of the boot where kernel code is emulated. The kernel zeroes the seed
+/// once it has used it. QEMU gives one to the kernels it boots too.
+fn write_rng_seed(mem: &GuestMemoryMmap) -> Result<u64, Error> {
+    let mut seed = [0u8; RNG_SEED_LEN];
+    // SAFETY: getrandom writes at most `seed.len()` bytes into `seed`.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    if n != seed.len() as isize {
+        // Up to 256 bytes come whole once the host's pool is ready, which
+        // getrandom without flags waits for: a short count is an error.
+        return Err(Error::RngSeed(if n < 0 {
+            std::io::Error::last_os_error()
+        } else {
+            std::io::ErrorKind::UnexpectedEof.into()
+        }));
+    }
+    // struct setup_data: next (none), type, len, then the data.
+    let entry =
+        [&0u64.to_le_bytes()[..], &SETUP_RNG_SEED.to_le_bytes(), &(RNG_SEED_LEN as u32).to_le_bytes(), &seed].concat();
+    mem.write_slice(&entry, GuestAddress(layout::SETUP_DATA)).map_err(Error::RngSeedWrite)?;
+    Ok(layout::SETUP_DATA)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn the_random_seed_is_a_setup_data_entry_of_fresh_host_randomness() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MIB as usize)]).unwrap();
+        let read = |mem: &GuestMemoryMmap| {
+            let mut entry = [0u8; 16 + RNG_SEED_LEN];
+            mem.read_slice(&mut entry, GuestAddress(layout::SETUP_DATA)).unwrap();
+            entry
+        };
+        assert_eq!(write_rng_seed(&mem).unwrap(), layout::SETUP_DATA);
+        let first = read(&mem);
+        // next = 0 (the last entry), type = SETUP_RNG_SEED, len = 32.
+        assert_eq!(first[..16], [0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 32, 0, 0, 0]);
+        write_rng_seed(&mem).unwrap();
+        assert_ne!(read(&mem)[16..], first[16..], "two seeds alike");
+    }
 
     #[test]
     fn ram_beyond_3_gib_continues_at_4_gib() {

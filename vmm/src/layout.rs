@@ -3,7 +3,8 @@
 //! ```text
 //! 0x0000_0500  boot GDT                0x0000_7000  zero page (boot_params)
 //! 0x0000_8ff0  boot stack (grows down) 0x0000_9000  boot page tables (PML4, PDPT, PD)
-//! 0x0002_0000  kernel command line     0x0009_fc00  MP table (reserved in the e820 map)
+//! 0x0002_0000  kernel command line     0x0003_0000  setup_data: a random seed for the kernel
+//! 0x0009_fc00  MP table (reserved in the e820 map)
 //! 0x000f_0000  PCI IRQ routing table
 //! 0x0010_0000  RAM above 1 MiB, up to 3 GiB: kernel at its ELF address, initramfs at the top
 //! 0xc000_0000  32-bit PCI window: 8 KiB per ivshmem device, BAR0 (registers) then BAR1 (MSI-X)
@@ -23,6 +24,7 @@ pub const PDPT: u64 = 0xa000;
 pub const PD: u64 = 0xb000;
 pub const CMDLINE: u64 = 0x20000;
 pub const CMDLINE_MAX: usize = 0x10000;
+pub const SETUP_DATA: u64 = CMDLINE + CMDLINE_MAX as u64;
 pub const MPTABLE: u64 = 0x9fc00;
 /// The MP table's kilobyte holds this many CPU entries (20 bytes each) beside
 /// its fixed part; each CPU's APIC ID is its index, the IOAPIC's comes after.
