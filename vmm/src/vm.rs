@@ -32,6 +32,12 @@ use crate::{boot, cpu, host, layout, lock, memory, mptable, pirq};
 /// `panic=-1` turns a panic into an immediate reset.
 const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
 
+/// For a guest without ivshmem devices: no PCI bus to enumerate (the host
+/// bridge, 32 slots through port I/O, the PCI core's sysfs and /proc
+/// files), as QEMU's microvm has none. Five alternating boots where guest
+/// kernel code is emulated: 5.75 s to init with the empty bus, 5.54 without.
+const NO_PCI_CMDLINE: &str = "pci=off";
+
 /// One ivshmem device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShmConfig {
@@ -164,7 +170,8 @@ impl Vm {
 
         let kernel = boot::load_kernel(&mem, &config.kernel)?;
         let initrd = config.initrd.as_deref().map(|p| boot::load_initrd(&mem, p, &space.ram, &kernel)).transpose()?;
-        let cmdline = boot::build_cmdline(&[BASE_CMDLINE, &host.guest_cmdline(), &config.cmdline])?;
+        let pci = if config.shm.is_empty() { NO_PCI_CMDLINE } else { "" };
+        let cmdline = boot::build_cmdline(&[BASE_CMDLINE, &host.guest_cmdline(), pci, &config.cmdline])?;
         info!("guest command line: {}", cmdline.as_cstring().map_err(boot::Error::Cmdline)?.to_string_lossy());
         boot::write_boot_params(&mem, &cmdline, initrd.as_ref(), &space.ram)?;
         mptable::write(&mem, config.cpus).map_err(Error::MpTable)?;
