@@ -31,16 +31,6 @@ pub const RECORD_LEN: usize = 64;
 /// threads appends in a round after the first, at most ([`round_goes_on`]):
 /// one limit, so that the two measure the same thing.
 pub const SCALE_ROUND: Duration = Duration::from_millis(500);
-
-/// Whether a writer of the demo's `scale` or of the benchmark's host threads
-/// appends on ([`Writer::fill_block_while`]), `elapsed` into round `round`
-/// (0 the first). The first round fills its whole block, so that the rounds
-/// [`overall_rate`] counts find every page written before: first touches
-/// cost several times a rewrite in a guest, and a first round cut short by
-/// the limit left some to the second. Later rounds stop after [`SCALE_ROUND`].
-pub fn round_goes_on(round: u64, elapsed: Duration) -> bool {
-    round == 0 || elapsed < SCALE_ROUND
-}
 pub const PAYLOAD_LEN: usize = 44;
 const CONTROL_LEN: usize = 64;
 const PAYLOAD_AT: usize = 12;
@@ -56,6 +46,16 @@ pub fn overall_rate(rounds: &[(u64, f64)]) -> f64 {
     let counted = if rounds.len() > 1 { &rounds[1..] } else { rounds };
     let (records, seconds) = counted.iter().fold((0, 0.0), |(n, t), &(rn, rt)| (n + rn, t + rt));
     records as f64 / seconds
+}
+
+/// Whether a writer of the demo's `scale` or of the benchmark's host threads
+/// appends on ([`Writer::fill_block_while`]), `elapsed` into round `round`
+/// (0 the first). The first round fills its whole block, so that the rounds
+/// [`overall_rate`] counts find every page written before: first touches
+/// cost several times a rewrite in a guest, and a first round cut short by
+/// the limit left some to the second. Later rounds stop after [`SCALE_ROUND`].
+pub fn round_goes_on(round: u64, elapsed: Duration) -> bool {
+    round == 0 || elapsed < SCALE_ROUND
 }
 
 /// The bytes of a writer's block: `None` if that overflows a u64.
