@@ -297,16 +297,20 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         file.set_len(4 * HUGE_PAGE as u64).unwrap();
         file.write_all_at(b"kvmshm", HUGE_PAGE as u64 + 8).unwrap();
-        // The mappings that overlap [lo, hi): other tests' threads map and
-        // unmap elsewhere while this runs, so the whole count would not do.
+        // The mappings that overlap [lo, hi), as (start, end, whether it is
+        // inaccessible anonymous memory, as the reservation is).
         let maps_in = |lo: usize, hi: usize| {
             let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
             maps.lines()
                 .filter_map(|l| {
-                    let (start, end) = l.split_whitespace().next()?.split_once('-')?;
-                    Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?))
+                    let mut fields = l.split_whitespace();
+                    let (start, end) = fields.next()?.split_once('-')?;
+                    let perms = fields.next()?;
+                    let inode = fields.nth(2)?;
+                    let reserved = perms.starts_with("---") && inode == "0" && fields.next().is_none();
+                    Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?, reserved))
                 })
-                .filter(|&(start, end)| start < hi && end > lo)
+                .filter(|&(start, end, _)| start < hi && end > lo)
                 .collect::<Vec<_>>()
         };
         for (len, offset, skew, expect) in [
@@ -327,10 +331,16 @@ mod tests {
             unsafe { std::ptr::copy_nonoverlapping(map.add(at), seen.as_mut_ptr(), 6) };
             assert_eq!(&seen, b"kvmshm", "len {len} offset {offset}");
             // The one mapping is all that is left of the reservation (len plus
-            // a large page, around it, where one was made): the rest is unmapped.
+            // a large page, around it, where one was made): what was left of
+            // it would be inaccessible anonymous memory next to the mapping.
+            // Other tests' threads map and unmap meanwhile, into the space
+            // freed too: their mappings are not looked at.
+            let (start, end) = (map as usize, map as usize + len);
             let margin = if expect == usize::MAX { 0 } else { HUGE_PAGE };
-            let span = (map as usize - margin, map as usize + len + margin);
-            assert_eq!(maps_in(span.0, span.1), [(map as usize, map as usize + len)], "len {len} skew {skew}");
+            let near = maps_in(start - margin, end + margin);
+            assert!(near.contains(&(start, end, false)), "len {len} skew {skew}: {near:x?}");
+            let left = near.iter().filter(|&&(s, e, reserved)| reserved && (e == start || s == end));
+            assert_eq!(left.count(), 0, "len {len} skew {skew}: {near:x?}");
             // SAFETY: the mapping just made, no longer used.
             unsafe { libc::munmap(map.cast(), len) };
         }
