@@ -77,6 +77,62 @@ impl Drop for Scratch {
     }
 }
 
+/// A file system mounted on a directory (made if missing) for a test or the
+/// benchmark, unmounted when dropped. Mounting needs root: the error says
+/// what `mount` said.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    pub fn new(dir: PathBuf, fstype: &str, options: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let out = Command::new("mount").args(["-t", fstype, "-o", options, "kvmshm-test"]).arg(&dir).output()?;
+        if !out.status.success() {
+            anyhow::bail!("mount -t {fstype} -o {options}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(Self(dir))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// More pages of the host's default huge page size (2 MiB on x86) in its
+/// hugetlb pool, which hugetlbfs files take theirs from; the pool is set
+/// back to its size before when dropped. Needs root.
+pub struct HugePagePool {
+    before: u64,
+}
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+impl HugePagePool {
+    pub fn grow(pages: u64) -> anyhow::Result<Self> {
+        let read = || -> anyhow::Result<u64> { Ok(std::fs::read_to_string(NR_HUGEPAGES)?.trim().parse()?) };
+        let before = read()?;
+        let pool = Self { before };
+        std::fs::write(NR_HUGEPAGES, (before + pages).to_string())
+            .map_err(|e| anyhow::anyhow!("{NR_HUGEPAGES}: {e}"))?;
+        let now = read()?;
+        if now < before + pages {
+            anyhow::bail!("{NR_HUGEPAGES}: the kernel found {} of {pages} more huge pages", now - before);
+        }
+        Ok(pool)
+    }
+}
+
+impl Drop for HugePagePool {
+    fn drop(&mut self) {
+        let _ = std::fs::write(NR_HUGEPAGES, self.before.to_string());
+    }
+}
+
 /// A VMM command line for the image's kernel (see [`image_file_for`]) with
 /// `initrd` and `cmdline`.
 pub fn vmm_with(initrd: &Path, cmdline: &str, extra: &[&str]) -> Command {

@@ -1,10 +1,11 @@
-//! Issue 12: guests with several vCPUs, RAM above the 32-bit PCI hole, and
-//! a region of 64 GiB.
+//! Issue 12: guests with several vCPUs, RAM above the 32-bit PCI hole, a
+//! region of 64 GiB, and one on hugetlbfs.
 
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-use kvmshm_tests::{Running, Scratch, image_file, kvmshm, run_status_program, run_vm, vmm_files};
+use kvmshm_tests::{HugePagePool, Mount, Running, Scratch, image_file, kvmshm, run_status_program, run_vm, vmm_files};
 use shm_layout::ends;
+use shm_layout::host::MappedFile;
 
 #[test]
 fn four_vcpus_run_four_pinned_writers_and_the_host_checks_every_record() {
@@ -94,4 +95,42 @@ fn a_64_gib_sparse_region_is_read_and_written_at_both_ends() {
     let meta = file.metadata().unwrap();
     assert_eq!(meta.len(), SIZE);
     assert!(meta.blocks() * 512 <= 1 << 20, "{} bytes allocated: the region stayed sparse", meta.blocks() * 512);
+}
+
+/// A region in 2 MiB pages on the host: a hugetlbfs file, which the VMM
+/// maps like any other. The host writes and reads it through a mapping of
+/// its own (hugetlbfs has no write(2)). Needs root: it mounts hugetlbfs and
+/// grows the host's pool of huge pages for the region, and fails saying so
+/// without.
+#[test]
+fn a_hugetlbfs_region_is_read_and_written_at_both_ends() {
+    const SIZE: u64 = 32 << 20;
+    const HUGE_PAGE: u64 = 2 << 20;
+    let scratch = Scratch::new("hugetlbfs");
+    let _pool = HugePagePool::grow(SIZE / HUGE_PAGE).expect("huge pages for the region (the test needs root)");
+    let fs = Mount::new(scratch.path("mnt"), "hugetlbfs", "pagesize=2M").expect("hugetlbfs (the test needs root)");
+    let path = fs.path("region");
+    std::fs::File::create_new(&path).unwrap().set_len(SIZE).unwrap();
+    let pages: Vec<u64> = ends::pages(SIZE).collect();
+    let page_at = |index: u64| index as usize * ends::PAGE;
+    {
+        let file = MappedFile::open(&path).unwrap();
+        for &index in &pages {
+            let mut page = [0u8; ends::PAGE];
+            ends::write(&mut page, 5, index);
+            file.region().write(page_at(index), &page);
+        }
+    }
+
+    let shm = format!("path={},size=32M", path.display());
+    let out = run_vm("/bin/kvmshm-demo -- ends --seed=5", &["--shm", &shm]);
+    assert_eq!(out.code, Some(0), "{}", out.transcript());
+    let line = format!("ends: pages 0 and {} of {SIZE} bytes: the host's data read, ours written", pages[1]);
+    assert!(out.console.contains(&line), "missing {line:?}\n{}", out.transcript());
+    let file = MappedFile::open(&path).unwrap();
+    for &index in &pages {
+        let mut page = [0u8; ends::PAGE];
+        file.region().read(page_at(index), &mut page);
+        assert!(ends::check(&page, 6, index), "page {index} holds the guest's data");
+    }
 }

@@ -7,10 +7,9 @@
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, bail};
-use kvmshm_tests::{Running, Scratch, vmm};
+use kvmshm_tests::{Mount, Running, Scratch, vmm};
 
 use crate::{host_demo, median, on_cpus};
 
@@ -49,31 +48,11 @@ pub struct PagesResults {
     pub guest: Rates,
 }
 
-/// A tmpfs mounted `huge=always`, unmounted when dropped.
-struct HugeTmpfs(PathBuf);
-
-impl HugeTmpfs {
-    fn mount(dir: PathBuf) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
-        let size = format!("huge=always,size={}m", 4 * REGION_MIB);
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &size, "kvmshm-bench"]).arg(&dir).output()?;
-        if !out.status.success() {
-            bail!("mount -t tmpfs -o {size}: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(Self(dir))
-    }
-
-    fn file(&self, name: &str) -> anyhow::Result<PathBuf> {
-        let path = self.0.join(name);
-        std::fs::File::create(&path)?.set_len(REGION_MIB << 20)?;
-        Ok(path)
-    }
-}
-
-impl Drop for HugeTmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
+/// A file of the region's size on `tmpfs`.
+fn region_file(tmpfs: &Mount, name: &str) -> anyhow::Result<PathBuf> {
+    let path = tmpfs.path(name);
+    std::fs::File::create(&path)?.set_len(REGION_MIB << 20)?;
+    Ok(path)
 }
 
 fn host(file: &Path) -> anyhow::Result<Rates> {
@@ -93,15 +72,16 @@ fn guest(file: &Path) -> anyhow::Result<Rates> {
 
 /// Both runs, or why they could not be made (mounting needs root).
 pub fn run(scratch: &Scratch) -> anyhow::Result<Result<PagesResults, String>> {
-    let tmpfs = match HugeTmpfs::mount(scratch.path("huge")) {
+    let options = format!("huge=always,size={}m", 4 * REGION_MIB);
+    let tmpfs = match Mount::new(scratch.path("huge"), "tmpfs", &options) {
         Ok(t) => t,
         Err(e) => return Ok(Err(format!("{e:#}"))),
     };
     let (mut hosts, mut guests) = (Vec::new(), Vec::new());
     for run in 1..=RUNS {
         eprintln!("bench: pages {run} of {RUNS}, writes through 2 MiB and 4 KiB pages on the host, then in a guest...");
-        hosts.push(host(&tmpfs.file("host")?)?);
-        guests.push(guest(&tmpfs.file("guest")?)?);
+        hosts.push(host(&region_file(&tmpfs, "host")?)?);
+        guests.push(guest(&region_file(&tmpfs, "guest")?)?);
     }
     Ok(Ok(PagesResults { host: Rates::median(&hosts), guest: Rates::median(&guests) }))
 }
