@@ -170,8 +170,11 @@ const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 /// MTRRs enabled with write-back as the default type, as firmware leaves
-/// them: with MTRRs disabled all memory would be uncached to a guest that
-/// honours them, and the guest needs MTRRs on for PAT (write-combining).
+/// them: with MTRRs disabled all memory would be uncached to a guest (or a
+/// hypervisor) that honours them, and kernels older than the PAT/MTRR split
+/// (Linux 6.2) set PAT (write-combining) up only with MTRRs on. The image's
+/// kernel boots as fast either way (five alternating boots: 5.12 s with
+/// them, 5.11 s without).
 const MTRR_ENABLED_DEFAULT_WB: u64 = (1 << 11) | 6;
 
 /// Sets vCPU `vcpu_id` up as firmware leaves a CPU; `supported` is
