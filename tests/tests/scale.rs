@@ -1,7 +1,8 @@
 //! Issue 12: guests with several vCPUs, RAM above the 32-bit PCI hole, a
 //! region of 64 GiB, and one on hugetlbfs.
 
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use kvmshm_tests::{HugePagePool, Mount, Running, Scratch, image_file, kvmshm, run_status_program, run_vm, vmm_files};
 use shm_layout::ends;
@@ -67,41 +68,51 @@ fn four_gib_of_ram_reach_the_guest() {
     assert!(mib > 3900, "the guest manages {mib} MiB of 4096\n{}", out.transcript());
 }
 
+/// The host writes its data into the first and the last page of the `size`
+/// bytes of the file at `path` (through a mapping: hugetlbfs has no
+/// write(2)), a guest given it with `--shm` reads them and writes its own
+/// (`kvmshm-demo ends`), and the host finds the guest's there.
+fn ends_read_and_written_both_ways(path: &Path, size: u64) {
+    let pages: Vec<u64> = ends::pages(size).collect();
+    let page_at = |index: u64| index as usize * ends::PAGE;
+    {
+        let file = MappedFile::open(path).unwrap();
+        for &index in &pages {
+            let mut page = [0u8; ends::PAGE];
+            ends::write(&mut page, 5, index);
+            file.region().write(page_at(index), &page);
+        }
+    }
+
+    let shm = format!("path={},size={size}", path.display());
+    let out = run_vm("/bin/kvmshm-demo -- ends --seed=5", &["--shm", &shm]);
+    assert_eq!(out.code, Some(0), "{}", out.transcript());
+    let line = format!("ends: pages 0 and {} of {size} bytes: the host's data read, ours written", pages[1]);
+    assert!(out.console.contains(&line), "missing {line:?}\n{}", out.transcript());
+    let file = MappedFile::open(path).unwrap();
+    for &index in &pages {
+        let mut page = [0u8; ends::PAGE];
+        file.region().read(page_at(index), &mut page);
+        assert!(ends::check(&page, 6, index), "page {index} holds the guest's data");
+    }
+}
+
 #[test]
 fn a_64_gib_sparse_region_is_read_and_written_at_both_ends() {
     const SIZE: u64 = 64 << 30;
     // tmpfs: a sparse file takes memory only for the pages written.
-    let scratch = Scratch::new_in(std::path::Path::new("/dev/shm"), "64g");
+    let scratch = Scratch::new_in(Path::new("/dev/shm"), "64g");
     let path = scratch.path("region");
-    let file = std::fs::File::create_new(&path).unwrap();
-    file.set_len(SIZE).unwrap();
-    let pages: Vec<u64> = ends::pages(SIZE).collect();
-    for &index in &pages {
-        let mut page = [0u8; ends::PAGE];
-        ends::write(&mut page, 5, index);
-        file.write_all_at(&page, index * ends::PAGE as u64).unwrap();
-    }
-
-    let shm = format!("path={},size=64G", path.display());
-    let out = run_vm("/bin/kvmshm-demo -- ends --seed=5", &["--shm", &shm]);
-    assert_eq!(out.code, Some(0), "{}", out.transcript());
-    let line = format!("ends: pages 0 and {} of {SIZE} bytes: the host's data read, ours written", pages[1]);
-    assert!(out.console.contains(&line), "missing {line:?}\n{}", out.transcript());
-    for &index in &pages {
-        let mut page = [0u8; ends::PAGE];
-        file.read_exact_at(&mut page, index * ends::PAGE as u64).unwrap();
-        assert!(ends::check(&page, 6, index), "page {index} holds the guest's data");
-    }
-    let meta = file.metadata().unwrap();
+    std::fs::File::create_new(&path).unwrap().set_len(SIZE).unwrap();
+    ends_read_and_written_both_ways(&path, SIZE);
+    let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(meta.len(), SIZE);
     assert!(meta.blocks() * 512 <= 1 << 20, "{} bytes allocated: the region stayed sparse", meta.blocks() * 512);
 }
 
 /// A region in 2 MiB pages on the host: a hugetlbfs file, which the VMM
-/// maps like any other. The host writes and reads it through a mapping of
-/// its own (hugetlbfs has no write(2)). Needs root: it mounts hugetlbfs and
-/// grows the host's pool of huge pages for the region, and fails saying so
-/// without.
+/// maps like any other. Needs root: the test mounts hugetlbfs and grows the
+/// host's pool of huge pages for the region, and fails saying so without.
 #[test]
 fn a_hugetlbfs_region_is_read_and_written_at_both_ends() {
     const SIZE: u64 = 32 << 20;
@@ -111,26 +122,5 @@ fn a_hugetlbfs_region_is_read_and_written_at_both_ends() {
     let fs = Mount::new(scratch.path("mnt"), "hugetlbfs", "pagesize=2M").expect("hugetlbfs (the test needs root)");
     let path = fs.path("region");
     std::fs::File::create_new(&path).unwrap().set_len(SIZE).unwrap();
-    let pages: Vec<u64> = ends::pages(SIZE).collect();
-    let page_at = |index: u64| index as usize * ends::PAGE;
-    {
-        let file = MappedFile::open(&path).unwrap();
-        for &index in &pages {
-            let mut page = [0u8; ends::PAGE];
-            ends::write(&mut page, 5, index);
-            file.region().write(page_at(index), &page);
-        }
-    }
-
-    let shm = format!("path={},size=32M", path.display());
-    let out = run_vm("/bin/kvmshm-demo -- ends --seed=5", &["--shm", &shm]);
-    assert_eq!(out.code, Some(0), "{}", out.transcript());
-    let line = format!("ends: pages 0 and {} of {SIZE} bytes: the host's data read, ours written", pages[1]);
-    assert!(out.console.contains(&line), "missing {line:?}\n{}", out.transcript());
-    let file = MappedFile::open(&path).unwrap();
-    for &index in &pages {
-        let mut page = [0u8; ends::PAGE];
-        file.region().read(page_at(index), &mut page);
-        assert!(ends::check(&page, 6, index), "page {index} holds the guest's data");
-    }
+    ends_read_and_written_both_ways(&path, SIZE);
 }
