@@ -59,12 +59,12 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// slices (times 1 + log2 of the CPUs, as the kernel scales them), not
 /// 0.7 ms, since each context switch costs one or two milliseconds here
 /// (two writer processes sharing a vCPU lost 8% of one's rate with 20 ms
-/// slices, nothing measurable with 50 or 100), and `no_execmem_rox_cache` gives module text pages of its own
-/// rather than a 2 MiB block filled with INT3. Where the probe finds REP
-/// STOSQ cheap,
-/// `memops_rep_quad` (patch 0011) follows: memset and memcpy then move eight
-/// bytes per REP iteration (with ERMS and FSRM hidden, they would otherwise
-/// run unrolled loops, at about twice the cost here).
+/// slices, nothing measurable with 50 or 100), and `no_execmem_rox_cache`
+/// gives module text pages of its own rather than a 2 MiB block filled with
+/// INT3. Where the probe finds REP STOSQ cheap, `memops_rep_quad` (patch
+/// 0011) follows: memset and memcpy then move eight bytes per REP iteration
+/// (with ERMS and FSRM hidden, they would otherwise run unrolled loops, at
+/// about twice the cost here).
 /// INT3, FWAIT and UD0/1/2, which Linux cannot avoid, are finished by the
 /// VMM instead ([`crate::emulator::finish_instruction`]), so that kernels
 /// without the image's patches boot too.
