@@ -626,7 +626,7 @@ impl SharedTimes {
     fn span(&self, writers: usize) -> (u64, u64, u64, u64) {
         let starts = || (0..writers).map(|w| self.slot(3 * w).load(Relaxed));
         let end = (0..writers).map(|w| self.slot(3 * w + 1).load(Relaxed)).max().unwrap_or(0);
-        let written = (0..writers).map(|w| self.slot(3 * w + 2).load(Relaxed)).sum();
+        let written = (0..writers).map(|w| self.written(w)).sum();
         (starts().min().unwrap_or(0), starts().max().unwrap_or(0), end, written)
     }
 }
