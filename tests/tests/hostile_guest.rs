@@ -1,9 +1,12 @@
 //! Issue 10: nothing a guest does crashes, floods or wedges the VMM, and a
 //! backing file that shrinks under it ends it with a clear message.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kvmshm_tests::{Running, Scratch, image_file_for, initrd_with, kvmshm, static_c_program, vmm_image, vmm_with};
+use kvmshm_tests::{
+    HugePagePool, Mount, Running, Scratch, image_file_for, initrd_with, kvmshm, static_c_program, vmm_image, vmm_with,
+};
 use shm_layout::host::MappedFile;
 
 /// A guest root user attacks its device: every access size at every offset
@@ -77,8 +80,29 @@ fn hammer(test: &str, args: &str, extra: &[&str], lines: &[&str]) {
 #[test]
 fn a_backing_file_that_shrinks_under_a_writing_guest_ends_the_vmm() {
     let scratch = Scratch::new("shrink");
-    let file = scratch.path("records");
-    let shm = format!("path={},size=64M", file.display());
+    shrink_under_a_writing_guest(&scratch.path("records"), 4096);
+}
+
+/// The same with a file in 2 MiB pages (hugetlbfs, which truncates only to
+/// whole huge pages). Needs root: the test mounts hugetlbfs and grows the host's
+/// pool of huge pages, and fails saying so without.
+#[test]
+fn a_hugetlbfs_backing_file_that_shrinks_under_a_writing_guest_ends_the_vmm() {
+    const HUGE_PAGE: u64 = 2 << 20;
+    let scratch = Scratch::new("shrink-huge");
+    let _pool = HugePagePool::grow(REGION / HUGE_PAGE).expect("huge pages for the region (the test needs root)");
+    let fs = Mount::new(scratch.path("mnt"), "hugetlbfs", "pagesize=2M").expect("hugetlbfs (the test needs root)");
+    shrink_under_a_writing_guest(&fs.path("records"), HUGE_PAGE);
+}
+
+/// The size of the region the shrink tests' guests write into.
+const REGION: u64 = 64 << 20;
+
+/// Boots a guest whose processes write records into `file` (which the VMM
+/// creates, [`REGION`] bytes), truncates the file to `to` bytes once the
+/// host sees records, and checks how the VMM ends.
+fn shrink_under_a_writing_guest(file: &Path, to: u64) {
+    let shm = format!("path={},size={REGION}", file.display());
     let mut vm = Running::vmm(vmm_image(
         "run=/bin/kvmshm-demo -- write --procs 4 --records 200000 --spin 100000",
         &["--shm", &shm],
@@ -86,12 +110,12 @@ fn a_backing_file_that_shrinks_under_a_writing_guest_ends_the_vmm() {
     // Running's deadline bounds the wait (is_running fails the test there).
     loop {
         assert!(vm.is_running(), "the VM ended before the file was truncated");
-        if MappedFile::open(&file).and_then(|f| f.verify_records(4, 200_000)).is_ok_and(|r| r.published >= 1000) {
+        if MappedFile::open(file).and_then(|f| f.verify_records(4, 200_000)).is_ok_and(|r| r.published >= 1000) {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(4096).unwrap();
+    std::fs::OpenOptions::new().write(true).open(file).unwrap().set_len(to).unwrap();
     let truncated = Instant::now();
     while vm.is_running() && truncated.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(10));
@@ -100,7 +124,7 @@ fn a_backing_file_that_shrinks_under_a_writing_guest_ends_the_vmm() {
     let out = vm.finish();
     println!("the VMM ended {took:?} after the truncation");
     assert_eq!(out.code, Some(125), "{}", out.transcript());
-    let message = format!("the backing file {} shrank to 4096 bytes while the guest ran", file.display());
+    let message = format!("the backing file {} shrank to {to} bytes while the guest ran", file.display());
     assert!(out.log.contains(&message), "missing {message:?}\n{}", out.transcript());
     assert!(took < Duration::from_secs(10), "the VMM took {took:?} to stop\n{}", out.transcript());
 }
