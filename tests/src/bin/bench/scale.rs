@@ -13,16 +13,21 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use kvmshm_tests::{Running, Scratch, vmm};
 use shm_layout::host::MappedFile;
-use shm_layout::records::{Records, SCALE_ROUND, overall_rate, round_goes_on};
+use shm_layout::records::{RECORD_LEN, Records, SCALE_ROUND, overall_rate, round_goes_on};
 use shm_layout::spin::Interruptions;
 
 use crate::{Boots, host_demo, on_cpus, pin_to_cpus};
 
 pub const WRITERS: [u64; 3] = [1, 2, 4];
 pub const VCPUS: [u8; 3] = [1, 2, 4];
-/// Records per writer and round at most (64 MiB each); a writer also stops
-/// after [`SCALE_ROUND`] from the second round on ([`round_goes_on`]).
-const RECORDS: u64 = 1 << 20;
+/// Records per writer and round at most (256 MiB each); a writer also stops
+/// after [`SCALE_ROUND`] from the second round on ([`round_goes_on`]). A
+/// round costs a few milliseconds beyond the writing where guest kernel
+/// code is emulated (the start line, a switch per writer sharing a vCPU):
+/// with 64 MiB blocks (25 ms a writer) that was a tenth of a round, and two
+/// and four writers on one vCPU made 37.1 and 35.9 M records/s against 41.1
+/// and 40.9 with these (medians of three alternating runs).
+const RECORDS: u64 = 1 << 22;
 const ROUNDS: u64 = 9;
 /// How long the guests and a host thread spin to measure what they lose to
 /// interruptions (shm_layout::spin).
@@ -279,14 +284,15 @@ fn plural(n: usize) -> &'static str {
 /// The scale table, and the boots with one vCPU and with four (taken in turn).
 pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
     let mut s = format!(
-        "\n## Scale\n\nRecords per second (64-byte checksummed records, each writer appending to a 64 MiB block of \
+        "\n## Scale\n\nRecords per second (64-byte checksummed records, each writer appending to a {block_mib} MiB block of \
          its own until it is full or, after the first round, {round_s} s have passed, all starting together; \
          {ROUNDS} rounds, of which all the records of rounds 2 to {ROUNDS} over all their time count): \
          guest writer processes pinned one per vCPU in turn, beside the same writer \
          code as host threads pinned one per core in turn on as many cores as the guest has vCPUs (or all the \
          host has), in the same run. Each cell: guest / host threads = ratio (goal >= {THROUGHPUT_GOAL}).\n\n\
          | writers |",
-        round_s = SCALE_ROUND.as_secs_f64()
+        round_s = SCALE_ROUND.as_secs_f64(),
+        block_mib = RECORDS * RECORD_LEN as u64 >> 20,
     );
     for (v, (cores, _)) in VCPUS.iter().zip(&r.host) {
         write!(s, " {v} vCPU{}, host on {cores} core{} |", plural(*v as usize), plural(*cores)).unwrap();
