@@ -181,8 +181,14 @@ const STOSQ_ITERATIONS: u32 = 4_096;
 const HYPERCALL: u64 = 0x1020;
 /// A hypercall number KVM does not know: it answers -KVM_ENOSYS and does nothing.
 const UNKNOWN_HYPERCALL: u32 = 0xffff;
-/// A hypercall takes microseconds; one that has not returned by then never will.
-const HYPERCALL_LIMIT: Duration = Duration::from_millis(100);
+/// A hypercall takes microseconds; one that has used this much CPU time
+/// without returning never will (where KVM does not finish it, `KVM_RUN`
+/// spins in the host kernel: the VMM's whole probe then took 0.15 s of
+/// system time, with a 100 ms wall-clock limit here before).
+const HYPERCALL_CPU_LIMIT: Duration = Duration::from_millis(10);
+/// How long the probe waits for the hypercall to get that CPU time on a
+/// host too busy to give it.
+const HYPERCALL_WAIT_LIMIT: Duration = Duration::from_secs(1);
 
 /// The probe VM's RAM, where its code and page tables go.
 const PROBE_RAM: Range<u64> = 0..2 << 20;
@@ -229,7 +235,7 @@ pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
     let mut regs = vcpu.get_regs()?;
     regs.rip = HYPERCALL;
     vcpu.set_regs(&regs)?;
-    let finished = run_bounded(&mut vcpu, HYPERCALL_LIMIT)?;
+    let finished = run_bounded(&mut vcpu, HYPERCALL_CPU_LIMIT, HYPERCALL_WAIT_LIMIT)?;
     let mut after = [0u8; 3];
     mem.read_slice(&mut after, GuestAddress(HYPERCALL + 5))?;
     drop(vm);
@@ -263,31 +269,46 @@ fn median_ns(vcpu: &mut VcpuFd, rip: u64, steps: u32) -> Result<f64, Error> {
     Ok(samples[PROBE_LOOPS / 2])
 }
 
-/// Runs `vcpu` to its next exit, interrupting it after `limit`; returns
-/// whether it stopped at a HLT in time. (A slow host may be interrupted in
-/// a hypercall that would have finished: then the guest makes none, which
-/// costs it only the paravirtual shortcuts.)
-fn run_bounded(vcpu: &mut VcpuFd, limit: Duration) -> Result<bool, Error> {
+/// Runs `vcpu` to its next exit; returns whether it stopped at a HLT
+/// before this thread had spent `cpu_limit` of CPU time in it, or `wait_limit`
+/// had passed. Judged by CPU time, not by the clock, so that a vCPU thread
+/// the host did not run is not taken for one stuck in KVM; where the time
+/// runs out anyway, the guest makes no hypercalls, which costs it only the
+/// paravirtual shortcuts.
+fn run_bounded(vcpu: &mut VcpuFd, cpu_limit: Duration, wait_limit: Duration) -> Result<bool, Error> {
     let kicker = Kicker::for_this_thread().map_err(Error::Watchdog)?;
     let (done, wait) = mpsc::channel::<()>();
+    // Kicked every `cpu_limit` until it returns: this thread runs no Vcpu,
+    // so a kick that lands before it enters KVM_RUN is lost.
     let watchdog = std::thread::spawn(move || {
-        let mut wait_for = limit;
-        // Kicked again and again until it returns: this thread runs no
-        // Vcpu, so a kick that lands before it enters KVM_RUN is lost.
-        while wait.recv_timeout(wait_for) == Err(RecvTimeoutError::Timeout) {
+        while wait.recv_timeout(cpu_limit) == Err(RecvTimeoutError::Timeout) {
             kicker.kick();
-            wait_for = Duration::from_millis(10);
         }
     });
-    let exit = match vcpu.run() {
-        Ok(VcpuExit::Hlt) => Ok(true),
-        Ok(_) => Ok(false),
-        Err(e) if e.errno() == libc::EINTR => Ok(false),
-        Err(e) => Err(Error::Kvm(e)),
+    let (cpu_start, start) = (thread_cpu_time(), Instant::now());
+    let exit = loop {
+        match vcpu.run() {
+            Ok(VcpuExit::Hlt) => break Ok(true),
+            Ok(_) => break Ok(false),
+            Err(e) if e.errno() == libc::EINTR => {
+                if thread_cpu_time() - cpu_start >= cpu_limit || start.elapsed() >= wait_limit {
+                    break Ok(false);
+                }
+            }
+            Err(e) => break Err(Error::Kvm(e)),
+        }
     };
     let _ = done.send(());
     let _ = watchdog.join();
     exit
+}
+
+/// The CPU time the calling thread has used, in the host kernel included.
+fn thread_cpu_time() -> Duration {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec, which `t` is.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// The hypercall instruction Linux uses: VMMCALL on AMD and Hygon CPUs,
