@@ -292,7 +292,7 @@ pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
          host has), in the same run. Each cell: guest / host threads = ratio (goal >= {THROUGHPUT_GOAL}).\n\n\
          | writers |",
         round_s = SCALE_ROUND.as_secs_f64(),
-        block_mib = RECORDS * RECORD_LEN as u64 >> 20,
+        block_mib = (RECORDS * RECORD_LEN as u64) >> 20,
     );
     for (v, (cores, _)) in VCPUS.iter().zip(&r.host) {
         write!(s, " {v} vCPU{}, host on {cores} core{} |", plural(*v as usize), plural(*cores)).unwrap();
