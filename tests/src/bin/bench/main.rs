@@ -82,7 +82,18 @@ pub struct Results {
 pub struct QemuBoots {
     /// The `-cpu` model `kvmshm qemu-cpu` found for this host.
     pub cpu: String,
+    /// One a round, each right after ours of that round.
     pub boots: Boots,
+}
+
+impl QemuBoots {
+    /// Ours / QEMU's by `f`: the median of each round's ratio. Boots of one
+    /// round run a few seconds apart, while the emulator's speed drifts
+    /// over a run by more than the two differ: a ratio of medians could
+    /// take them from different rounds.
+    pub fn ours_over_qemu(&self, ours: &Boots, f: impl Fn(&Boot) -> f64) -> f64 {
+        median(ours.0.iter().zip(&self.boots.0).map(|(o, q)| f(o) / f(q)).collect())
+    }
 }
 
 /// One boot of the image: to the first line of its init, and to the end of

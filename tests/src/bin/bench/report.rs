@@ -320,11 +320,11 @@ pub fn summary(r: &Results) -> String {
     match &r.boot_qemu {
         Ok(q) => {
             writeln!(s, "boot, QEMU microvm   {} (-cpu {})", boot(&q.boots), q.cpu).unwrap();
-            let to_init = r.boot_ours.to_init_s() / q.boots.to_init_s();
+            let to_init = q.ours_over_qemu(&r.boot_ours, |b| b.to_init_s);
             writeln!(
                 s,
-                "boot, ours / QEMU    {to_init:.2} to init, {:.2} to the end (goal <= 1: {})",
-                r.boot_ours.process_s() / q.boots.process_s(),
+                "boot, ours / QEMU    {to_init:.2} to init, {:.2} to the end (goal <= 1: {}; medians of each round's ratio)",
+                q.ours_over_qemu(&r.boot_ours, |b| b.process_s),
                 goal(to_init <= 1.0)
             )
             .unwrap();
@@ -358,8 +358,8 @@ pub fn markdown(r: &Results) -> String {
         driver's `KVMSHM_IOC_SET_CACHING`) and copies 64 MiB in and out.\n\
         - **Boot**: from starting the VMM process to the first line the guest's init prints, and to the end of the \
         process (the guest resets itself once its program has run), for our VMM and for QEMU's microvm on the same \
-        vmlinux, initramfs and guest command line, neither with devices; the two take turns, and the figures are \
-        medians. Where guest kernel code is emulated, boot time follows the emulator's speed, which differs \
+        vmlinux, initramfs and guest command line, neither with devices; the two take turns, the figures are medians, \
+        and ours / QEMU is the median of each round's ratio. Where guest kernel code is emulated, boot time follows the emulator's speed, which differs \
         between machines and from minute to minute: boot time divided by the time per emulated instruction that \
         our VMM's probe measured at its start (vmm/src/host.rs) is the boot's cost in emulated-instruction \
         times, the figure to compare between machines.\n";
