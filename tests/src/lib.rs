@@ -184,6 +184,13 @@ impl VmResult {
     pub fn transcript(&self) -> String {
         format!("exit code {:?}\n--- console ---\n{}\n--- vmm log ---\n{}", self.code, self.console, self.log)
     }
+
+    /// Fails unless the guest kernel found every `sysctl.*` the command line
+    /// set (those the VMM adds where kernel code is emulated among them):
+    /// one it lacks is an error line on the console of every boot.
+    pub fn assert_sysctls_taken(&self) {
+        assert!(!self.console.contains("Failed to set sysctl parameter"), "{}", self.transcript());
+    }
 }
 
 /// Boots the test image with `run` and waits for the end (see [`Running::finish`]).

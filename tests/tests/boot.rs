@@ -10,6 +10,7 @@ fn runs_a_foreign_static_program_and_returns_its_status() {
     assert!(out.console.contains("status.c argv[1]=first-arg"), "{}", out.transcript());
     assert!(out.console.contains("kvmshm-init: exit status 42"), "{}", out.transcript());
     assert!(out.log.contains("host: guest kernel code runs"), "the host probe result is logged\n{}", out.transcript());
+    out.assert_sysctls_taken();
     // Linux's boot-time INT3 self-test runs (the VMM does not ask the image's
     // kernel to skip it); where the emulator cannot execute INT3, the VMM
     // injects the #BP it would have raised.

@@ -42,6 +42,7 @@ fn a_multi_vcpu_guest_passes_its_exit_status_through() {
     let out = run_status_program("smp-status", "run=/bin/status -- x 42", &["--cpus", "3"]);
     assert_eq!(out.code, Some(42), "{}", out.transcript());
     assert!(out.console.contains("kvmshm-init: exit status 42"), "{}", out.transcript());
+    out.assert_sysctls_taken();
 }
 
 #[test]

@@ -68,9 +68,7 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// 7.0% of its time, 5.8% without). Nothing in the image needs memory
 /// compacted ahead of time: anonymous memory stays on 4 KiB pages (THP
 /// "never") and the driver's huge mappings are PFN maps. With more than one
-/// CPU, `sysctl.vm.stat_interval=10` folds the CPUs' memory statistics every
-/// 10 s, not every second (each fold stopped a busy vCPU for 6 ms here,
-/// 0.6%); /proc/meminfo may lag that much. Where the probe
+/// vCPU, [`EMULATED_SMP_SWITCHES`] follow. Where the probe
 /// finds REP STOSQ cheap, `memops_rep_quad` (patch 0011) follows: memset and
 /// memcpy then move eight bytes per REP iteration (with ERMS and FSRM
 /// hidden, they would otherwise run unrolled loops, at about twice the cost
@@ -80,7 +78,14 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// without the image's patches boot too.
 const EMULATED_KERNEL_SWITCHES: &str = "noxsave retain_initrd keep_kernel_image_gaps \
     keep_unpatched_alternatives no_execmem_rox_cache no_thp_size_sysfs no_irq_sysfs sched_base_slice_us=50000 \
-    sysctl.vm.compaction_proactiveness=0 sysctl.vm.stat_interval=10";
+    sysctl.vm.compaction_proactiveness=0";
+
+/// With more than one vCPU (so an SMP kernel, whose vCPUs fold their memory
+/// statistics every second), `sysctl.vm.stat_interval=10` has them do it
+/// every 10 s: each fold stopped a busy vCPU for 6 ms here (0.6%), and
+/// /proc/meminfo may now lag by that much. Only then: a kernel without SMP
+/// has no such sysctl and says so on the console.
+const EMULATED_SMP_SWITCHES: &str = "sysctl.vm.stat_interval=10";
 
 /// `memops_rep_quad` where an iteration of REP STOSQ costs less than this
 /// many loop instructions: the unrolled loops it replaces take more than
@@ -94,10 +99,11 @@ pub fn cleared_cpu_feature_names() -> impl Iterator<Item = &'static str> {
     CLEARED_CPU_FEATURES.iter().map(|(name, _)| *name)
 }
 
-fn emulated_kernel_cmdline(rep_quad: bool) -> String {
+fn emulated_kernel_cmdline(rep_quad: bool, cpus: u8) -> String {
     let features: Vec<String> = CLEARED_CPU_FEATURES.iter().map(|(_, bit)| bit.to_string()).collect();
+    let smp = if cpus > 1 { format!(" {EMULATED_SMP_SWITCHES}") } else { String::new() };
     let rep_quad = if rep_quad { " memops_rep_quad" } else { "" };
-    format!("clearcpuid={} {EMULATED_KERNEL_SWITCHES}{rep_quad}", features.join(","))
+    format!("clearcpuid={} {EMULATED_KERNEL_SWITCHES}{smp}{rep_quad}", features.join(","))
 }
 
 /// The image's kernel switches (images/patches/) for the two instructions
@@ -147,10 +153,10 @@ impl HostKvm {
         self.kernel_popcnt_fails || self.kernel_ns_per_instruction > EMULATED_NS_PER_INSTRUCTION
     }
 
-    /// What the guest command line needs on this host: nothing on an
-    /// ordinary KVM host.
-    pub fn guest_cmdline(&self) -> String {
-        if self.kernel_code_emulated() { emulated_kernel_cmdline(self.rep_quad_pays()) } else { String::new() }
+    /// What the command line of a guest with `cpus` vCPUs needs on this
+    /// host: nothing on an ordinary KVM host.
+    pub fn guest_cmdline(&self, cpus: u8) -> String {
+        if self.kernel_code_emulated() { emulated_kernel_cmdline(self.rep_quad_pays(), cpus) } else { String::new() }
     }
 
     /// Whether memset and memcpy should move eight bytes per REP iteration
@@ -159,10 +165,11 @@ impl HostKvm {
         self.kernel_ns_per_rep_stosq < REP_QUAD_MAX_INSTRUCTIONS * self.kernel_ns_per_instruction
     }
 
-    /// What the image's guest command line needs on this host under QEMU.
+    /// What the image's guest command line needs on this host under QEMU
+    /// with one vCPU (`-smp 1`).
     pub fn qemu_guest_cmdline(&self) -> String {
         if self.kernel_code_emulated() {
-            format!("{} {QEMU_EMULATED_KERNEL_SWITCHES}", self.guest_cmdline())
+            format!("{} {QEMU_EMULATED_KERNEL_SWITCHES}", self.guest_cmdline(1))
         } else {
             String::new()
         }
@@ -332,16 +339,18 @@ mod tests {
             kernel_popcnt_fails: false,
             hypercalls_fail: false,
         };
-        assert_eq!(native.guest_cmdline(), "");
+        assert_eq!(native.guest_cmdline(4), "");
         assert_eq!(native.qemu_guest_cmdline(), "");
         let slow = HostKvm { kernel_ns_per_instruction: 900.0, kernel_ns_per_rep_stosq: 800.0, ..native };
-        assert_eq!(slow.guest_cmdline(), emulated_kernel_cmdline(true));
-        assert!(slow.guest_cmdline().ends_with(" memops_rep_quad"));
-        assert!(slow.qemu_guest_cmdline().starts_with(&emulated_kernel_cmdline(true)));
+        assert_eq!(slow.guest_cmdline(1), emulated_kernel_cmdline(true, 1));
+        assert!(slow.guest_cmdline(1).ends_with(" memops_rep_quad"));
+        assert!(!slow.guest_cmdline(1).contains(EMULATED_SMP_SWITCHES));
+        assert!(slow.guest_cmdline(2).contains(EMULATED_SMP_SWITCHES));
+        assert!(slow.qemu_guest_cmdline().starts_with(&emulated_kernel_cmdline(true, 1)));
         // An emulator that took each REP iteration as slowly as several
         // instructions: the unrolled loops are kept.
         let slow_rep = HostKvm { kernel_ns_per_rep_stosq: 5000.0, ..slow };
-        assert!(!slow_rep.guest_cmdline().contains("memops_rep_quad"));
+        assert!(!slow_rep.guest_cmdline(1).contains("memops_rep_quad"));
         assert!(slow.qemu_guest_cmdline().ends_with(QEMU_EMULATED_KERNEL_SWITCHES));
         let gap = HostKvm { kernel_popcnt_fails: true, ..native };
         assert!(gap.kernel_code_emulated());
@@ -351,7 +360,7 @@ mod tests {
     fn linux_reads_the_whole_clearcpuid_list() {
         // cpu_parse_early_param() copies the value into a 128-byte buffer:
         // a longer list loses its end (it once lost "rep_good" that way).
-        let cmdline = emulated_kernel_cmdline(true);
+        let cmdline = emulated_kernel_cmdline(true, 1);
         let list = cmdline.split(' ').find_map(|w| w.strip_prefix("clearcpuid=")).unwrap();
         assert!(list.len() < 128, "{} characters", list.len());
         assert_eq!(list.split(',').count(), CLEARED_CPU_FEATURES.len());

@@ -152,7 +152,7 @@ impl Vm {
             return Err(Error::RamPastLimit { mib: config.memory_mib, phys_bits: space.phys_bits });
         }
         let host = host::probe(&kvm_fd)?;
-        log_host(&host);
+        log_host(&host, config.cpus);
 
         // Files are opened and servers joined before anything else so that a
         // bad --shm fails before the guest starts, and never after it has
@@ -171,7 +171,7 @@ impl Vm {
         let kernel = boot::load_kernel(&mem, &config.kernel)?;
         let initrd = config.initrd.as_deref().map(|p| boot::load_initrd(&mem, p, &space.ram, &kernel)).transpose()?;
         let pci = if config.shm.is_empty() { NO_PCI_CMDLINE } else { "" };
-        let cmdline = boot::build_cmdline(&[BASE_CMDLINE, &host.guest_cmdline(), pci, &config.cmdline])?;
+        let cmdline = boot::build_cmdline(&[BASE_CMDLINE, &host.guest_cmdline(config.cpus), pci, &config.cmdline])?;
         info!("guest command line: {}", cmdline.as_cstring().map_err(boot::Error::Cmdline)?.to_string_lossy());
         boot::write_boot_params(&mem, &cmdline, initrd.as_ref(), &space.ram)?;
         mptable::write(&mem, config.cpus).map_err(Error::MpTable)?;
@@ -316,14 +316,14 @@ impl Shared {
     }
 }
 
-fn log_host(host: &HostKvm) {
+fn log_host(host: &HostKvm, cpus: u8) {
     if host.kernel_code_emulated() {
         info!(
             "host: guest kernel code runs in KVM's instruction emulator ({:.0} ns per instruction, {:.0} ns per REP STOSQ iteration, popcnt {}); adding guest flags: {} (clearcpuid: {})",
             host.kernel_ns_per_instruction,
             host.kernel_ns_per_rep_stosq,
             if host.kernel_popcnt_fails { "not emulated" } else { "emulated" },
-            host.guest_cmdline(),
+            host.guest_cmdline(cpus),
             host::cleared_cpu_feature_names().collect::<Vec<_>>().join(",")
         );
     } else {
