@@ -84,8 +84,8 @@ fn a_backing_file_that_shrinks_under_a_writing_guest_ends_the_vmm() {
 }
 
 /// The same with a file in 2 MiB pages (hugetlbfs, which truncates only to
-/// whole huge pages). Needs root: the test mounts hugetlbfs and grows the host's
-/// pool of huge pages, and fails saying so without.
+/// whole huge pages). Needs root: the test mounts hugetlbfs and grows the
+/// host's pool of huge pages, and fails saying so without.
 #[test]
 fn a_hugetlbfs_backing_file_that_shrinks_under_a_writing_guest_ends_the_vmm() {
     const HUGE_PAGE: u64 = 2 << 20;

@@ -65,7 +65,7 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// asleep until an allocation needs compaction: it otherwise wakes every
 /// 500 ms to score fragmentation, and that wake-up and the switches it brings
 /// took 1.2 to 1.8% of a busy guest CPU here (a spinning guest process lost
-/// 7.0% of its time, 5.8% without). Nothing in the image needs memory
+/// 7.0% of its time, 5.8% with the switch). Nothing in the image needs memory
 /// compacted ahead of time: anonymous memory stays on 4 KiB pages (THP
 /// "never") and the driver's huge mappings are PFN maps. With more than one
 /// vCPU, [`EMULATED_SMP_SWITCHES`] follow. Where the probe
@@ -277,11 +277,11 @@ fn median_ns(vcpu: &mut VcpuFd, rip: u64, steps: u32) -> Result<f64, Error> {
 }
 
 /// Runs `vcpu` to its next exit; returns whether it stopped at a HLT
-/// before this thread had spent `cpu_limit` of CPU time in it, or `wait_limit`
-/// had passed. Judged by CPU time, not by the clock, so that a vCPU thread
-/// the host did not run is not taken for one stuck in KVM; where the time
-/// runs out anyway, the guest makes no hypercalls, which costs it only the
-/// paravirtual shortcuts.
+/// before this thread had spent `cpu_limit` of CPU time in it or
+/// `wait_limit` had passed. Judged by CPU time, not by the clock, so that a
+/// vCPU thread the host did not run is not taken for one stuck in KVM;
+/// where the time runs out anyway, the guest makes no hypercalls, which
+/// costs it only the paravirtual shortcuts.
 fn run_bounded(vcpu: &mut VcpuFd, cpu_limit: Duration, wait_limit: Duration) -> Result<bool, Error> {
     let kicker = Kicker::for_this_thread().map_err(Error::Watchdog)?;
     let (done, wait) = mpsc::channel::<()>();

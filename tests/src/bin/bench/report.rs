@@ -358,8 +358,9 @@ pub fn markdown(r: &Results) -> String {
         driver's `KVMSHM_IOC_SET_CACHING`) and copies 64 MiB in and out.\n\
         - **Boot**: from starting the VMM process to the first line the guest's init prints, and to the end of the \
         process (the guest resets itself once its program has run), for our VMM and for QEMU's microvm on the same \
-        vmlinux, initramfs and guest command line, neither with devices; the two take turns, the figures are medians, \
-        and ours / QEMU is the median of each round's ratio. Where guest kernel code is emulated, boot time follows the emulator's speed, which differs \
+        vmlinux, initramfs and guest command line, neither with devices; the two take turns, the figures are \
+        medians, and ours / QEMU is the median of each round's ratio. Where guest kernel code is emulated, boot \
+        time follows the emulator's speed, which differs \
         between machines and from minute to minute: boot time divided by the time per emulated instruction that \
         our VMM's probe measured at its start (vmm/src/host.rs) is the boot's cost in emulated-instruction \
         times, the figure to compare between machines.\n";
