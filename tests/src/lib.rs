@@ -3,7 +3,7 @@
 //! one-vCPU image in images/out/, or the SMP one in images/out/smp/ for a VM
 //! started with `--cpus` above 1.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -315,6 +315,14 @@ impl Running {
         let child = self.child();
         child.kill().expect("kill the child");
         child.wait().expect("wait for the child")
+    }
+
+    /// Writes `line` and a newline to its standard input, which the caller
+    /// piped (`Command::stdin`): for a VMM with `--console-input`, a line
+    /// on the guest's console.
+    pub fn send_line(&mut self, line: &str) -> std::io::Result<()> {
+        let stdin = self.child().stdin.as_mut().ok_or_else(|| std::io::Error::other("standard input is not piped"))?;
+        writeln!(stdin, "{line}")
     }
 
     /// Waits until a line of standard output contains `marker`; returns

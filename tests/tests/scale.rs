@@ -3,8 +3,12 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
 
-use kvmshm_tests::{HugePagePool, Mount, Running, Scratch, image_file, kvmshm, run_status_program, run_vm, vmm_files};
+use kvmshm_tests::{
+    HugePagePool, Mount, Running, Scratch, image_file, kvmshm, run_status_program, run_vm, vmm, vmm_files,
+};
 use shm_layout::ends;
 use shm_layout::host::MappedFile;
 
@@ -124,4 +128,28 @@ fn a_hugetlbfs_region_is_read_and_written_at_both_ends() {
     let path = fs.path("region");
     std::fs::File::create_new(&path).unwrap().set_len(SIZE).unwrap();
     ends_read_and_written_both_ways(&path, SIZE);
+}
+
+/// The demo's `scale --paced 1` (the benchmark's way of taking host and
+/// guest rounds in turn) starts a round only for a line on the guest's
+/// console, which the VMM forwards from its stdin (`--console-input`), and
+/// says when each is done.
+#[test]
+fn a_paced_scale_runs_one_round_per_console_line() {
+    let scratch = Scratch::new("paced");
+    let shm = format!("path={},size=16M", scratch.path("region").display());
+    let run = "/bin/kvmshm-demo -- scale --procs=2 --records=10000 --rounds=2 --paced=1";
+    let mut cmd = vmm(run, &["--shm", &shm, "--console-input"]);
+    cmd.stdin(Stdio::piped());
+    let mut vm = Running::vmm(cmd);
+    for round in 0..2 {
+        let line = |what: &str| format!("scale: 2 writers, round {round} {what}");
+        vm.wait_for(&line("ready"), Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(vm.wait_for(&line("done"), Duration::from_secs(2)).is_err(), "round {round} ran before its line");
+        vm.send_line("").expect("write to the VMM's stdin");
+        vm.wait_for(&line("done"), Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let out = vm.finish();
+    assert_eq!(out.code, Some(0), "{}", out.transcript());
+    assert!(out.console.contains("scale: 2 writers on 1 CPUs: "), "{}", out.transcript());
 }

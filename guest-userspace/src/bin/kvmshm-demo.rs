@@ -42,7 +42,7 @@ const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
     write --procs N --records M [--seed S] [--spin K] [--pin 1] | check-records --procs N --records M | \
     verify --seed S | echo [--interrupts 1] | pingpong --peer P --rounds N --side 0|1 | check-doorbell --slot S | check-api | check-removal | memspeed --mib M | \
     bench [--chunk-kib K] [--slots S] --total-mib T | move-bar --to ADDR | ends --seed S | meminfo | \
-    scale --procs N --records M --rounds K | interruptions --seconds N | pages --seconds N; \
+    scale --procs N --records M --rounds K [--paced 1] | interruptions --seconds N | pages --seconds N; \
     --name=VALUE works as well as --name VALUE";
 
 #[derive(Clone, Copy)]
@@ -61,7 +61,7 @@ enum Command {
     MoveBar { to: u64 },
     Ends { seed: u64 },
     Meminfo,
-    Scale { procs: u64, records: u64, rounds: u64 },
+    Scale { procs: u64, records: u64, rounds: u64, paced: bool },
     Interruptions { seconds: u64 },
 }
 
@@ -111,13 +111,14 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
         }
         "meminfo" => Command::Meminfo,
         "scale" => {
-            let [procs, records, rounds] = numbers(args, ["--procs", "--records", "--rounds"])?;
+            let [procs, records, rounds, paced] = numbers(args, ["--procs", "--records", "--rounds", "--paced"])?;
             let procs = required(procs, "--procs")?;
             let rounds = required(rounds, "--rounds")?;
             if procs == 0 || rounds == 0 {
                 return Err("--procs and --rounds must be at least 1".into());
             }
-            Command::Scale { procs, records: required(records, "--records")?, rounds }
+            let paced = paced.unwrap_or(0) != 0;
+            Command::Scale { procs, records: required(records, "--records")?, rounds, paced }
         }
         "interruptions" => {
             let [seconds] = numbers(args, ["--seconds"])?;
@@ -277,7 +278,7 @@ fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
         Command::Memspeed { mib } => memspeed(&device, mib),
         Command::Pages { seconds } => pages(&device, path, seconds),
         Command::Bench { chunk_kib, slots, total_mib } => bench(&device, path, chunk_kib, slots, total_mib),
-        Command::Scale { procs, records, rounds } => scale(&device, path, procs, records, rounds),
+        Command::Scale { procs, records, rounds, paced } => scale(&device, path, procs, records, rounds, paced),
         Command::MoveBar { to } => {
             drop(device);
             move_bar(path, to)
@@ -427,7 +428,14 @@ fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin:
 /// wake-ups stay outside it.
 /// Prints the overall rate ([`overall_rate`]), each round's rate and
 /// records, and how far apart the writers started.
-fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> i32 {
+///
+/// `paced`: each round says "scale: P writers, round R ready", waits for a
+/// line on standard input (the console: a line sent before the guest's
+/// console is open is lost, hence the first), and ends with "scale: P
+/// writers, round R done", so that a host can run rounds of its own in
+/// between, in turn with ours (the benchmark's host threads), while this
+/// guest sleeps.
+fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64, paced: bool) -> i32 {
     let cpus = online_cpus();
     let region = device.region();
     Records::format(region, procs, records, 0)
@@ -497,6 +505,12 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
         if round > 0 {
             Records::format(region, procs, records, round).expect("formatted once already");
         }
+        if paced {
+            println!("scale: {procs} writers, round {round} ready");
+            if !matches!(io::stdin().read_line(&mut String::new()), Ok(1..)) {
+                fail(1, &format!("round {round}: standard input ended (--paced waits for a line each round)"));
+            }
+        }
         go.iter().for_each(|p| write_byte(p.1, 1));
         times.arrive();
         if let Err(e) = wait_for_round(over.0, &alive.iter().map(|p| p.0).collect::<Vec<_>>()) {
@@ -508,6 +522,9 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64) -> 
         let (start, last_start, end, written) = times.span(procs as usize);
         done_rounds.push((written, (end - start) as f64 / 1e9));
         spreads.push((last_start - start) / 1000);
+        if paced {
+            println!("scale: {procs} writers, round {round} done");
+        }
     }
     for fd in go.iter().map(|p| p.1).chain(alive.iter().map(|p| p.0)).chain([over.0]) {
         // SAFETY: the parent's ends; closing `go` ends the writers.

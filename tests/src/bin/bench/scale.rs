@@ -1,11 +1,13 @@
 //! Scale: records per second with 1, 2 and 4 writers in guests with 1, 2
 //! and 4 vCPUs (the demo's `scale`), beside the same writer code run as
 //! host threads in the same run, on as many cores as the guest has vCPUs
-//! (as far as the host has them); and boots with 1 and with 4 vCPUs.
+//! (as far as the host has them), a host round and a guest round in turn;
+//! and boots with 1 and with 4 vCPUs.
 
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
+use std::process::Stdio;
 use std::sync::Barrier;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,6 +35,9 @@ const ROUNDS: u64 = 9;
 /// interruptions (shm_layout::spin).
 const SPIN_SECONDS: u64 = 5;
 const THROUGHPUT_GOAL: f64 = 0.9;
+/// How long the benchmark waits for a paced guest to be ready for a round
+/// or to end one (a boot comes before the first).
+const PACED_WAIT: Duration = Duration::from_secs(120);
 
 /// Records per second at one point: `overall` as [`overall_rate`] counts
 /// it, and the slowest and the fastest round.
@@ -59,7 +64,7 @@ pub struct ScaleResults {
     pub host_cores: usize,
     /// For each of [`VCPUS`]: the cores the host threads had (as many as
     /// vCPUs, or all the host has), and their records per second for each
-    /// of [`WRITERS`].
+    /// of [`WRITERS`], in rounds taken in turn with that guest's.
     pub host: Vec<(usize, Vec<Rate>)>,
     /// Records per second in a guest with each of [`VCPUS`], for each of
     /// [`WRITERS`].
@@ -98,43 +103,36 @@ fn region_size(writers: u64) -> u64 {
     Records::required_size(writers, RECORDS).next_power_of_two()
 }
 
-/// The demo's `scale` as host threads: `writers` threads, thread w on core
-/// w mod cores, meeting at a start line as the guest's writers do, each
-/// appending until its block is full or [`round_goes_on`] says stop; all
-/// their records over the time from the first thread's start to the last
-/// one's end; over [`ROUNDS`].
-fn host_rate(path: &Path, writers: u64, cores: usize) -> anyhow::Result<Rate> {
-    std::fs::File::create(path)?.set_len(region_size(writers))?;
-    let file = MappedFile::open(path)?;
-    let mut rounds = Vec::new();
-    for round in 0..ROUNDS {
-        let area = Records::format(file.region(), writers, RECORDS, round)?;
-        let start_line = Barrier::new(writers as usize);
-        let spans = std::thread::scope(|s| {
-            let threads: Vec<_> = (0..writers)
-                .map(|w| {
-                    let start_line = &start_line;
-                    s.spawn(move || {
-                        let cpu = w as usize % cores;
-                        pin_to_cpus(cpu..cpu + 1);
-                        start_line.wait();
-                        let start = Instant::now();
-                        let written = area.writer(w).fill_block_while(|| round_goes_on(round, start.elapsed()));
-                        (start, Instant::now(), written)
-                    })
+/// One round of the demo's `scale` as host threads: `writers` threads on
+/// `file`, thread w on core w mod `cores`, meeting at a start line as the
+/// guest's writers do, each appending until its block is full or
+/// [`round_goes_on`] says stop; returns all their records and the time from
+/// the first thread's start to the last one's end.
+fn host_round(file: &MappedFile, writers: u64, cores: usize, round: u64) -> anyhow::Result<(u64, f64)> {
+    let area = Records::format(file.region(), writers, RECORDS, round)?;
+    let start_line = Barrier::new(writers as usize);
+    let spans = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..writers)
+            .map(|w| {
+                let start_line = &start_line;
+                s.spawn(move || {
+                    let cpu = w as usize % cores;
+                    pin_to_cpus(cpu..cpu + 1);
+                    start_line.wait();
+                    let start = Instant::now();
+                    let written = area.writer(w).fill_block_while(|| round_goes_on(round, start.elapsed()));
+                    (start, Instant::now(), written)
                 })
-                .collect();
-            threads.into_iter().map(|t| t.join().expect("a writer thread")).collect::<Vec<_>>()
-        });
-        if spans.iter().any(|&(_, _, n)| n == 0) {
-            bail!("a host writer wrote nothing");
-        }
-        let start = spans.iter().map(|s| s.0).min().expect("writers");
-        let end = spans.iter().map(|s| s.1).max().expect("writers");
-        rounds.push((spans.iter().map(|s| s.2).sum(), (end - start).as_secs_f64()));
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("a writer thread")).collect::<Vec<_>>()
+    });
+    if spans.iter().any(|&(_, _, n)| n == 0) {
+        bail!("a host writer wrote nothing");
     }
-    std::fs::remove_file(path)?;
-    Ok(Rate::of(&rounds))
+    let start = spans.iter().map(|s| s.0).min().expect("writers");
+    let end = spans.iter().map(|s| s.1).max().expect("writers");
+    Ok((spans.iter().map(|s| s.2).sum(), (end - start).as_secs_f64()))
 }
 
 /// Watches the vCPU threads of the process `pid` until it ends: the run
@@ -210,28 +208,63 @@ fn host_demo_rate(path: &Path) -> anyhow::Result<Rate> {
     demo_rate(&text, 1, None).with_context(|| format!("no scale line from the host run: {text}"))
 }
 
+/// What one boot with some vCPUs measured: the guest's rate and the host
+/// threads' for each of [`WRITERS`], how long its vCPU threads waited for
+/// a core (see [`watch_vcpu_waits`]), and its `interruptions`.
+struct GuestRun {
+    guest: Vec<Rate>,
+    host: Vec<Rate>,
+    waits: Option<f64>,
+    spin: GuestSpin,
+}
+
 /// One boot with `vcpus` vCPUs running the demo's `interruptions`, then its
-/// `scale` for each of [`WRITERS`]. The VMM may use every core of the host
-/// (without saying so it would inherit this process's one). Also returns
-/// how long its vCPU threads waited for a core (see [`watch_vcpu_waits`]).
-fn guest_rates(scratch: &Scratch, vcpus: u8, host_cores: usize) -> anyhow::Result<(Vec<Rate>, Option<f64>, GuestSpin)> {
+/// `scale` for each of [`WRITERS`], paced: once the guest says it is ready
+/// for a round, the host threads run one of theirs on `cores` cores while
+/// the guest waits for the console line that starts its own (idle: its
+/// vCPUs halt), so that the two sides' rounds alternate seconds apart and a drift
+/// of this host's speed reaches both. The VMM may use every core of the
+/// host (without saying so it would inherit this process's one).
+fn guest_and_host_rates(scratch: &Scratch, vcpus: u8, cores: usize, host_cores: usize) -> anyhow::Result<GuestRun> {
     let max = *WRITERS.last().expect("writers");
     let shm = format!("path={},size={}", scratch.path("scale").display(), region_size(max));
     let run = std::iter::once(format!("interruptions --seconds={SPIN_SECONDS}"))
-        .chain(WRITERS.iter().map(|w| format!("scale --procs={w} --records={RECORDS} --rounds={ROUNDS}")))
+        .chain(WRITERS.iter().map(|w| format!("scale --procs={w} --records={RECORDS} --rounds={ROUNDS} --paced=1")))
         .collect::<Vec<_>>()
         .join(" :: ");
     let cpus = vcpus.to_string();
-    let cmd = vmm(&format!("/bin/kvmshm-demo -- {run}"), &["--cpus", &cpus, "--shm", &shm]);
-    let vm = Running::vmm(on_cpus(cmd, 0..host_cores));
+    let mut cmd = on_cpus(
+        vmm(&format!("/bin/kvmshm-demo -- {run}"), &["--cpus", &cpus, "--shm", &shm, "--console-input"]),
+        0..host_cores,
+    );
+    cmd.stdin(Stdio::piped());
+    let mut vm = Running::vmm(cmd);
     let waits = watch_vcpu_waits(vm.pid());
+    let mut host = Vec::new();
+    let host_path = scratch.path("scale-host");
+    for &w in &WRITERS {
+        std::fs::File::create(&host_path)?.set_len(region_size(w))?;
+        let file = MappedFile::open(&host_path)?;
+        let mut rounds = Vec::new();
+        for round in 0..ROUNDS {
+            let line = |what: &str| format!("scale: {w} writers, round {round} {what}");
+            let failed = || format!("the guest on {vcpus} vCPUs, round {round} of {w} writers");
+            vm.wait_for(&line("ready"), PACED_WAIT).map_err(anyhow::Error::msg).with_context(failed)?;
+            rounds.push(host_round(&file, w, cores, round)?);
+            vm.send_line("").with_context(failed)?;
+            vm.wait_for(&line("done"), PACED_WAIT).map_err(anyhow::Error::msg).with_context(failed)?;
+        }
+        drop(file);
+        std::fs::remove_file(&host_path)?;
+        host.push(Rate::of(&rounds));
+    }
     let out = vm.finish();
     let waits = waits.join().expect("the schedstat watcher");
     std::fs::remove_file(scratch.path("scale"))?;
     if out.code != Some(0) {
         bail!("the scale run on {vcpus} vCPUs failed:\n{}", out.transcript());
     }
-    let rates = WRITERS
+    let guest = WRITERS
         .iter()
         .map(|&w| {
             demo_rate(&out.console, w, Some(vcpus))
@@ -240,39 +273,25 @@ fn guest_rates(scratch: &Scratch, vcpus: u8, host_cores: usize) -> anyhow::Resul
         .collect::<anyhow::Result<_>>()?;
     let spin = GuestSpin::find(&out.console)
         .with_context(|| format!("no {:?} line:\n{}", GuestSpin::PREFIX, out.transcript()))?;
-    Ok((rates, waits, spin))
+    Ok(GuestRun { guest, host, waits, spin })
 }
 
 pub fn run(scratch: &Scratch) -> anyhow::Result<ScaleResults> {
     // SAFETY: sysconf has no memory effects.
     let host_cores = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1).max(1);
-    let mut by_cores: Vec<(usize, Vec<Rate>)> = Vec::new();
-    let mut host = Vec::new();
-    for v in VCPUS {
-        let cores = usize::from(v).min(host_cores);
-        if let Some(known) = by_cores.iter().find(|(c, _)| *c == cores) {
-            host.push(known.clone());
-            continue;
-        }
-        let mut rates = Vec::new();
-        for w in WRITERS {
-            eprintln!("bench: scale, {w} host writer threads on {cores} cores...");
-            rates.push(host_rate(&scratch.path("scale-host"), w, cores)?);
-        }
-        by_cores.push((cores, rates.clone()));
-        host.push((cores, rates));
-    }
     eprintln!("bench: scale, the guest's demo binary as one writer on the host...");
     let host_demo = host_demo_rate(&scratch.path("scale-demo"))?;
     eprintln!("bench: scale, a host thread spinning for {SPIN_SECONDS} s...");
     let host_spin = host_spin();
-    let (mut guest, mut vcpu_waits, mut guest_spins) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut host, mut guest, mut vcpu_waits, mut guest_spins) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for v in VCPUS {
-        eprintln!("bench: scale, a guest with {v} vCPUs...");
-        let (rates, waits, spin) = guest_rates(scratch, v, host_cores)?;
-        guest.push(rates);
-        vcpu_waits.push(waits);
-        guest_spins.push(spin);
+        let cores = usize::from(v).min(host_cores);
+        eprintln!("bench: scale, a guest with {v} vCPUs and host threads on {cores} cores, round by round...");
+        let run = guest_and_host_rates(scratch, v, cores, host_cores)?;
+        host.push((cores, run.host));
+        guest.push(run.guest);
+        vcpu_waits.push(run.waits);
+        guest_spins.push(run.spin);
     }
     Ok(ScaleResults { host_cores, host, guest, vcpu_waits, guest_spins, host_spin, host_demo })
 }
@@ -289,7 +308,9 @@ pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
          {ROUNDS} rounds, of which all the records of rounds 2 to {ROUNDS} over all their time count): \
          guest writer processes pinned one per vCPU in turn, beside the same writer \
          code as host threads pinned one per core in turn on as many cores as the guest has vCPUs (or all the \
-         host has), in the same run. Each cell: guest / host threads = ratio (goal >= {THROUGHPUT_GOAL}).\n\n\
+         host has), a host round before each of the guest's while the guest waits (the demo's `--paced`), so \
+         that both sides see the same stretch of this host's speed. \
+         Each cell: guest / host threads = ratio (goal >= {THROUGHPUT_GOAL}).\n\n\
          | writers |",
         round_s = SCALE_ROUND.as_secs_f64(),
         block_mib = (RECORDS * RECORD_LEN as u64) >> 20,
