@@ -103,17 +103,40 @@ impl Drop for Mount {
     }
 }
 
+/// A hugetlbfs mount of 2 MiB pages with room for a file of some size: the
+/// host's hugetlb pool is grown for it, and set back once the mount is gone
+/// (when dropped). Needs root: the error says what failed.
+pub struct Hugetlbfs {
+    // Dropped in this order: unmounting frees the files' pages, which the
+    // pool can then give back.
+    mount: Mount,
+    _pool: HugePagePool,
+}
+
+impl Hugetlbfs {
+    pub const PAGE: u64 = 2 << 20;
+
+    pub fn new(dir: PathBuf, bytes: u64) -> anyhow::Result<Self> {
+        let pool = HugePagePool::grow(bytes.div_ceil(Self::PAGE))?;
+        Ok(Self { mount: Mount::new(dir, "hugetlbfs", "pagesize=2M")?, _pool: pool })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.mount.path(name)
+    }
+}
+
 /// More pages of the host's default huge page size (2 MiB on x86) in its
 /// hugetlb pool, which hugetlbfs files take theirs from; the pool is set
-/// back to its size before when dropped. Needs root.
-pub struct HugePagePool {
+/// back to its size before when dropped.
+struct HugePagePool {
     before: u64,
 }
 
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 
 impl HugePagePool {
-    pub fn grow(pages: u64) -> anyhow::Result<Self> {
+    fn grow(pages: u64) -> anyhow::Result<Self> {
         let read = || -> anyhow::Result<u64> { Ok(std::fs::read_to_string(NR_HUGEPAGES)?.trim().parse()?) };
         let before = read()?;
         let pool = Self { before };

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kvmshm_tests::{
-    HugePagePool, Mount, Running, Scratch, image_file_for, initrd_with, kvmshm, static_c_program, vmm_image, vmm_with,
+    Hugetlbfs, Running, Scratch, image_file_for, initrd_with, kvmshm, static_c_program, vmm_image, vmm_with,
 };
 use shm_layout::host::MappedFile;
 
@@ -88,11 +88,9 @@ fn a_backing_file_that_shrinks_under_a_writing_guest_ends_the_vmm() {
 /// host's pool of huge pages, and fails saying so without.
 #[test]
 fn a_hugetlbfs_backing_file_that_shrinks_under_a_writing_guest_ends_the_vmm() {
-    const HUGE_PAGE: u64 = 2 << 20;
     let scratch = Scratch::new("shrink-huge");
-    let _pool = HugePagePool::grow(REGION / HUGE_PAGE).expect("huge pages for the region (the test needs root)");
-    let fs = Mount::new(scratch.path("mnt"), "hugetlbfs", "pagesize=2M").expect("hugetlbfs (the test needs root)");
-    shrink_under_a_writing_guest(&fs.path("records"), HUGE_PAGE);
+    let fs = Hugetlbfs::new(scratch.path("mnt"), REGION).expect("hugetlbfs for the region (the test needs root)");
+    shrink_under_a_writing_guest(&fs.path("records"), Hugetlbfs::PAGE);
 }
 
 /// The size of the region the shrink tests' guests write into.

@@ -6,9 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use kvmshm_tests::{
-    HugePagePool, Mount, Running, Scratch, image_file, kvmshm, run_status_program, run_vm, vmm, vmm_files,
-};
+use kvmshm_tests::{Hugetlbfs, Running, Scratch, image_file, kvmshm, run_status_program, run_vm, vmm, vmm_files};
 use shm_layout::ends;
 use shm_layout::host::MappedFile;
 
@@ -121,10 +119,8 @@ fn a_64_gib_sparse_region_is_read_and_written_at_both_ends() {
 #[test]
 fn a_hugetlbfs_region_is_read_and_written_at_both_ends() {
     const SIZE: u64 = 32 << 20;
-    const HUGE_PAGE: u64 = 2 << 20;
     let scratch = Scratch::new("hugetlbfs");
-    let _pool = HugePagePool::grow(SIZE / HUGE_PAGE).expect("huge pages for the region (the test needs root)");
-    let fs = Mount::new(scratch.path("mnt"), "hugetlbfs", "pagesize=2M").expect("hugetlbfs (the test needs root)");
+    let fs = Hugetlbfs::new(scratch.path("mnt"), SIZE).expect("hugetlbfs for the region (the test needs root)");
     let path = fs.path("region");
     std::fs::File::create_new(&path).unwrap().set_len(SIZE).unwrap();
     ends_read_and_written_both_ways(&path, SIZE);
