@@ -222,9 +222,9 @@ struct GuestRun {
 /// `scale` for each of [`WRITERS`], paced: once the guest says it is ready
 /// for a round, the host threads run one of theirs on `cores` cores while
 /// the guest waits for the console line that starts its own (idle: its
-/// vCPUs halt), so that the two sides' rounds alternate seconds apart and a drift
-/// of this host's speed reaches both. The VMM may use every core of the
-/// host (without saying so it would inherit this process's one).
+/// vCPUs halt), so that the two sides' rounds alternate seconds apart and
+/// a drift of this host's speed reaches both. The VMM may use every core of
+/// the host (without saying so it would inherit this process's one).
 fn guest_and_host_rates(scratch: &Scratch, vcpus: u8, cores: usize, host_cores: usize) -> anyhow::Result<GuestRun> {
     let max = *WRITERS.last().expect("writers");
     let shm = format!("path={},size={}", scratch.path("scale").display(), region_size(max));
