@@ -9,23 +9,42 @@ use std::time::Duration;
 use kvmshm_tests::{Hugetlbfs, Running, Scratch, image_file, kvmshm, run_status_program, run_vm, vmm, vmm_files};
 use shm_layout::ends;
 use shm_layout::host::MappedFile;
+use shm_layout::records::RECORD_LEN;
+
+/// A guest with `cpus` vCPUs runs as many writer processes, one pinned to
+/// each CPU (every vCPU online), and the host finds every record.
+fn pinned_writers_on_every_vcpu(cpus: u8, records: u64) {
+    let scratch = Scratch::new(&format!("smp-writers-{cpus}"));
+    let file = scratch.path("records");
+    let shm = format!("path={},size=16M", file.display());
+    let run = format!("/bin/kvmshm-demo -- write --procs={cpus} --records={records} --pin=1");
+    let out = run_vm(&run, &["--cpus", &cpus.to_string(), "--shm", &shm]);
+    assert_eq!(out.code, Some(0), "{}", out.transcript());
+    // Each writer checked (with getcpu) that it runs on its own CPU.
+    let total = u64::from(cpus) * records;
+    let line = format!("write: {cpus} processes, {total} records, {} bytes", total * RECORD_LEN as u64);
+    assert!(out.console.contains(&line), "missing {line:?}\n{}", out.transcript());
+    assert!(out.console.contains(&format!("; {cpus} online CPUs, one pinned to each")), "{}", out.transcript());
+    assert!(!out.log.contains("the guest started"), "{}", out.transcript());
+    let check =
+        kvmshm(&["verify", file.to_str().unwrap(), "--writers", &cpus.to_string(), "--records", &records.to_string()]);
+    assert_eq!(check.code, Some(0), "{}", check.transcript());
+    assert!(
+        check.console.contains(&format!("all {total} records intact, each exactly once")),
+        "{}",
+        check.transcript()
+    );
+}
 
 #[test]
 fn four_vcpus_run_four_pinned_writers_and_the_host_checks_every_record() {
-    let scratch = Scratch::new("smp-writers");
-    let file = scratch.path("records");
-    let shm = format!("path={},size=16M", file.display());
-    let run = "/bin/kvmshm-demo -- write --procs=4 --records=20000 --pin=1";
-    let out = run_vm(run, &["--cpus", "4", "--shm", &shm]);
-    assert_eq!(out.code, Some(0), "{}", out.transcript());
-    // Each writer checked (with getcpu) that it runs on its own CPU.
-    let line = "write: 4 processes, 80000 records, 5120000 bytes";
-    assert!(out.console.contains(line), "missing {line:?}\n{}", out.transcript());
-    assert!(out.console.contains("; 4 online CPUs, one pinned to each"), "{}", out.transcript());
-    assert!(!out.log.contains("the guest started"), "{}", out.transcript());
-    let check = kvmshm(&["verify", file.to_str().unwrap(), "--writers", "4", "--records", "20000"]);
-    assert_eq!(check.code, Some(0), "{}", check.transcript());
-    assert!(check.console.contains("all 80000 records intact, each exactly once"), "{}", check.transcript());
+    pinned_writers_on_every_vcpu(4, 20000);
+}
+
+#[test]
+fn the_most_vcpus_the_vmm_gives_all_come_online_and_write() {
+    // vmm/src/layout.rs, MAX_CPUS; the SMP image's NR_CPUS is as large.
+    pinned_writers_on_every_vcpu(32, 2000);
 }
 
 #[test]
