@@ -22,7 +22,10 @@
 //! random pages of 64 MiB ran 1.16 times as fast so in a guest, 1.17 to 1.18 on the host (the
 //! benchmark's page size section; the host backed the region with 2 MiB pages too). The faults
 //! take their memory type from PAT's reservations, so while such a mapping exists the driver
-//! holds one for the whole BAR: a kernel mapping of it, [`MapState::hold`].
+//! holds one for the whole BAR: a kernel mapping of it, [`MapState::hold`]. The kernel places
+//! a mapping made without a fixed address so that its address and offset agree modulo 2 MiB
+//! (`PMD_ALIGNED_MAPPINGS`, images/patches/0027): a plain `mmap(NULL, ...)` of a 1 GiB device
+//! otherwise took 4 KiB pages throughout, 8.6 s of `remap_pfn_range()` on such a host.
 //!
 //! The memory type (write-back by default, write-combining or uncached) belongs to the device,
 //! not to a file or a mapping: x86 forbids mapping the same physical memory with different
@@ -784,6 +787,11 @@ impl Drop for KvmShmFile {
 #[vtable]
 impl MiscDevice for KvmShmFile {
     type Ptr = KBox<Self>;
+
+    /// `mmap(NULL, ...)` gets an address at which the 2 MiB-aligned parts of the window can
+    /// have their PMDs (see [`pmd_part`]); without it the kernel picks 4 KiB-aligned addresses for
+    /// a device file, and the whole window would take 4 KiB pages, set up in `mmap()`.
+    const PMD_ALIGNED_MAPPINGS: bool = true;
 
     fn open(file: &File, misc: &MiscDeviceRegistration<Self>) -> Result<KBox<Self>> {
         let misc = ptr::from_ref(misc).cast_mut();
