@@ -118,21 +118,30 @@ fn open_unmapped(path: &str) -> Result<(File, Info), DeviceError> {
     Ok((file, info))
 }
 
-/// Opens `path` without mapping it; returns it and its region's size.
-pub fn open_region_file(path: &str) -> Result<(File, u64), DeviceError> {
-    open_unmapped(path).map(|(file, info)| (file, info.size))
-}
-
 /// The size of the driver's large pages: a 2 MiB-aligned part of a mapping
 /// whose shared-memory offset is 2 MiB-aligned too (the region is, in
 /// physical memory: its BAR is aligned to its size) is mapped with 2 MiB
 /// page table entries (PMDs) instead of 4 KiB ones.
 pub const HUGE_PAGE: usize = 2 << 20;
 
+/// Maps `len` bytes of `fd` from `offset`, shared and read-write, where the
+/// kernel chooses: for the driver's devices an address congruent to
+/// `offset` modulo [`HUGE_PAGE`] wherever the mapping holds a whole aligned
+/// 2 MiB (the driver asks for that), so that it maps them with 2 MiB pages.
+pub fn map_device(fd: i32, len: usize, offset: u64) -> io::Result<*mut u8> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a fresh shared mapping (addr NULL), which replaces nothing.
+    let map = unsafe {
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        libc::mmap(std::ptr::null_mut(), len, rw, libc::MAP_SHARED, fd, offset)
+    };
+    if map == libc::MAP_FAILED { Err(io::Error::last_os_error()) } else { Ok(map.cast()) }
+}
+
 /// Maps `len` bytes of `fd` from `offset`, shared and read-write, at an
 /// address `skew` bytes past a multiple of [`HUGE_PAGE`] if `len` is at
-/// least that (the kernel chooses 4 KiB-aligned addresses for a device file):
-/// with `skew` = `offset` % [`HUGE_PAGE`] the driver can use 2 MiB pages.
+/// least that, whatever the kernel would choose: a `skew` other than
+/// `offset` % [`HUGE_PAGE`] gets a mapping in 4 KiB pages only.
 pub fn map_shared(fd: i32, len: usize, offset: u64, skew: usize) -> io::Result<*mut u8> {
     let slack = if len >= HUGE_PAGE { HUGE_PAGE } else { 0 };
     let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -195,7 +204,7 @@ impl Device {
         let caching = caching.or(driver_caching).unwrap_or(Caching::WriteBack);
         let too_small = LayoutError::TooSmall { what: "the header", needed: HEADER_LEN as u64, available: size };
         let size = usize::try_from(size).ok().filter(|&s| s >= HEADER_LEN).ok_or(DeviceError::Layout(too_small))?;
-        let base = map_shared(fd, size, 0, 0).map_err(io_error("cannot map"))?;
+        let base = map_device(fd, size, 0).map_err(io_error("cannot map"))?;
         Ok(Self { base, size, caching, iv_position: info.iv_position, vectors: info.vectors, file })
     }
 

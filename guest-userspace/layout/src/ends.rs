@@ -1,7 +1,6 @@
-//! The two end pages of a region, for regions too large to map whole (a
-//! sparse 64 GiB file, whose page tables alone would outgrow a small
-//! guest): each side writes both pages and the other checks them. There is
-//! no header; the pages are raw.
+//! The two end pages of a region, for regions too large to fill (a sparse
+//! 64 GiB file): each side writes both pages and the other checks them.
+//! There is no header; the pages are raw.
 //!
 //! Page `p` written for `seed` holds the stream of `SplitMix64::new(seed ^ p)`.
 

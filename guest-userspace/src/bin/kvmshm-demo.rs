@@ -26,7 +26,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::time::{Duration, Instant};
 
-use guest_userspace::device::{Caching, Device, DeviceWake, HUGE_PAGE, map_shared, open_region_file};
+use guest_userspace::device::{Caching, Device, DeviceWake, HUGE_PAGE, map_device, map_shared};
 use shm_layout::Region;
 use shm_layout::echo::Mailbox;
 use shm_layout::ends;
@@ -257,10 +257,9 @@ fn numbered_devices() -> Vec<(u64, String)> {
 
 fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
     match command {
-        Command::Ends { .. } | Command::Meminfo | Command::Interruptions { .. } if caching.is_some() => {
-            fail(2, "--caching applies to the commands that map the whole device")
+        Command::Meminfo | Command::Interruptions { .. } if caching.is_some() => {
+            fail(2, "--caching applies to the commands that map the device")
         }
-        Command::Ends { seed } => return ends(path, seed),
         Command::Meminfo => return meminfo(),
         Command::Interruptions { seconds } => return interruptions(seconds),
         _ => {}
@@ -279,11 +278,12 @@ fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
         Command::Pages { seconds } => pages(&device, path, seconds),
         Command::Bench { chunk_kib, slots, total_mib } => bench(&device, path, chunk_kib, slots, total_mib),
         Command::Scale { procs, records, rounds, paced } => scale(&device, path, procs, records, rounds, paced),
+        Command::Ends { seed } => ends(&device, path, seed),
         Command::MoveBar { to } => {
             drop(device);
             move_bar(path, to)
         }
-        Command::Ends { .. } | Command::Meminfo | Command::Interruptions { .. } => {
+        Command::Meminfo | Command::Interruptions { .. } => {
             unreachable!("run without a mapping above")
         }
     }
@@ -313,41 +313,35 @@ fn interruptions(seconds: u64) -> i32 {
 }
 
 /// Checks the host's data (`seed`) on the first and the last page of the
-/// region, then writes ours (`seed` + 1) there. Only those two pages are
-/// mapped (mmap at an offset): a large region could not be mapped whole.
-fn ends(path: &str, seed: u64) -> i32 {
-    let (file, size) = open_region_file(path).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
+/// region, then writes ours (`seed` + 1) there, through the device's
+/// mapping of the whole region (2 MiB pages, each mapped on first touch, so
+/// a sparse 64 GiB region costs two faults); then a mapping of each page
+/// alone, at its offset, must read back ours.
+fn ends(device: &Device, path: &str, seed: u64) -> i32 {
+    let region = device.region();
+    let size = region.size() as u64;
     let pages: Vec<u64> = ends::pages(size).collect();
     for &index in &pages {
-        let offset = libc::off_t::try_from(index * ends::PAGE as u64).expect("a region's size fits off_t");
-        // SAFETY: a fresh shared mapping (addr NULL) of one page of an fd
-        // opened read-write, checked before use and unmapped below.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ends::PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                offset,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            fail(1, &format!("{path}: mapping page {index}: {}", io::Error::last_os_error()));
+        let offset = index as usize * ends::PAGE;
+        let mut page = [0u8; ends::PAGE];
+        region.read(offset, &mut page);
+        if !ends::check(&page, seed, index) {
+            fail(1, &format!("{path}: page {index} does not hold the host's data for seed {seed}"));
         }
+        ends::write(&mut page, seed + 1, index);
+        region.write(offset, &page);
+    }
+    for &index in &pages {
+        let offset = index * ends::PAGE as u64;
+        let map = map_device(device.file().as_raw_fd(), ends::PAGE, offset)
+            .unwrap_or_else(|e| fail(1, &format!("{path}: mapping page {index} alone: {e}")));
         let mut page = [0u8; ends::PAGE];
         // SAFETY: `map` is a live mapping of PAGE bytes; `page` is ours.
-        unsafe { std::ptr::copy_nonoverlapping(map.cast::<u8>(), page.as_mut_ptr(), ends::PAGE) };
-        let found = ends::check(&page, seed, index);
-        if found {
-            ends::write(&mut page, seed + 1, index);
-            // SAFETY: as above, in the other direction.
-            unsafe { std::ptr::copy_nonoverlapping(page.as_ptr(), map.cast::<u8>(), ends::PAGE) };
-        }
+        unsafe { std::ptr::copy_nonoverlapping(map, page.as_mut_ptr(), ends::PAGE) };
         // SAFETY: unmaps exactly the mapping made above, no longer used.
-        unsafe { libc::munmap(map, ends::PAGE) };
-        if !found {
-            fail(1, &format!("{path}: page {index} does not hold the host's data for seed {seed}"));
+        unsafe { libc::munmap(map.cast(), ends::PAGE) };
+        if !ends::check(&page, seed + 1, index) {
+            fail(1, &format!("{path}: a mapping of page {index} alone does not show what the whole mapping wrote"));
         }
     }
     let pages = pages.iter().map(u64::to_string).collect::<Vec<_>>().join(" and ");
@@ -947,12 +941,13 @@ fn minor_faults() -> i64 {
     usage.ru_minflt as i64
 }
 
-/// On a region of 2 MiB or more: a fresh whole mapping at a 2 MiB-aligned
-/// address takes one page fault per 2 MiB (the driver maps each 2 MiB with
-/// one PMD on first touch) and still agrees with the device's mapping after a
-/// hole is punched in a 2 MiB page, and a window from offset 4 KiB (4 KiB pages up to
-/// the first 2 MiB boundary, 2 MiB pages after it) reads and writes the same
-/// bytes as the device's mapping.
+/// On a region of 2 MiB or more: a fresh whole mapping, where the kernel
+/// places it, is 2 MiB-aligned (the driver asks for that), takes one page
+/// fault per 2 MiB (the driver maps each 2 MiB with one PMD on first touch)
+/// and still agrees with the device's mapping after a hole is punched in a
+/// 2 MiB page, and a window from offset 4 KiB, placed 4 KiB past a 2 MiB
+/// boundary (4 KiB pages up to the first 2 MiB boundary, 2 MiB pages after
+/// it), reads and writes the same bytes as the device's mapping.
 fn check_huge_pages(device: &Device, path: &str) -> usize {
     let region = device.region();
     let size = region.size();
@@ -967,8 +962,11 @@ fn check_huge_pages(device: &Device, path: &str) -> usize {
         failures += 1;
     };
     let huge_pages = (size / HUGE_PAGE) as i64;
-    match map_shared(fd, size, 0, 0) {
+    match map_device(fd, size, 0) {
         Ok(map) => {
+            if !map.addr().is_multiple_of(HUGE_PAGE) {
+                fail(format!("a whole mapping was placed at {map:p}, not on a 2 MiB boundary"));
+            }
             let before = minor_faults();
             for offset in (0..size).step_by(page) {
                 // SAFETY: `map` maps `size` bytes; a volatile read, so that every page is touched.
@@ -1001,8 +999,11 @@ fn check_huge_pages(device: &Device, path: &str) -> usize {
         Err(e) => fail(format!("mapping it again: {e}")),
     }
     let len = size - page;
-    match map_shared(fd, len, page as u64, page) {
+    match map_device(fd, len, page as u64) {
         Ok(window) => {
+            if window.addr() % HUGE_PAGE != page {
+                fail(format!("a mapping from offset 4 KiB was placed at {window:p}, not 4 KiB past a 2 MiB boundary"));
+            }
             let (mut seen, mut expected) = ([0u8; 4096], [0u8; 4096]);
             let differs = (0..len).step_by(page).find(|&offset| {
                 // SAFETY: `window` maps `len` bytes, and `offset + page` <= `len`.
