@@ -91,7 +91,23 @@ const EMULATED_KERNEL_SWITCHES: &str = "noxsave retain_initrd keep_kernel_image_
 /// emulated spinning on the host's cores, taken from the boot CPU doing the
 /// work (12 vCPUs on 2 cores booted in 14 s instead of 21, 32 in 47 s
 /// instead of 135; 2 and 4 vCPUs 2% sooner).
+/// [`nohz_full_switch`] may follow.
 const EMULATED_SMP_SWITCHES: &str = "sysctl.vm.stat_interval=10 cpuhp.parallel=0";
+
+/// `nohz_full=` every CPU but the first, so that a CPU running one task has
+/// no tick (CONFIG_NO_HZ_FULL, images/smp.config): an SMP kernel's tick
+/// stops a spinning process for about 6 ms here, 16 times a second (12% of
+/// its time); on such a CPU it lost 3%, as much as a host thread (a 10 s
+/// spin on CPU 1 of 2: 4 to 10 stops of a millisecond or more instead of
+/// 160). The first CPU keeps the tick and does the others' timekeeping, RCU
+/// callbacks and housekeeping, so only where every vCPU can have a host CPU
+/// of its own: 32 vCPUs on 2 host cores, taking turns, did not finish booting
+/// in 600 s with it (RCU stalls; the grace-period thread on CPU 0 starved),
+/// 67 s without. A kernel without NO_HZ_FULL ignores the switch (with a
+/// warning in its log).
+fn nohz_full_switch(cpus: u8, host_cpus: usize) -> String {
+    if cpus > 1 && usize::from(cpus) <= host_cpus { format!(" nohz_full=1-{}", cpus - 1) } else { String::new() }
+}
 
 /// `memops_rep_quad` where an iteration of REP STOSQ costs less than this
 /// many loop instructions: the unrolled loops it replaces take more than
@@ -105,11 +121,12 @@ pub fn cleared_cpu_feature_names() -> impl Iterator<Item = &'static str> {
     CLEARED_CPU_FEATURES.iter().map(|(name, _)| *name)
 }
 
-fn emulated_kernel_cmdline(rep_quad: bool, cpus: u8) -> String {
+fn emulated_kernel_cmdline(rep_quad: bool, cpus: u8, host_cpus: usize) -> String {
     let features: Vec<String> = CLEARED_CPU_FEATURES.iter().map(|(_, bit)| bit.to_string()).collect();
     let smp = if cpus > 1 { format!(" {EMULATED_SMP_SWITCHES}") } else { String::new() };
+    let nohz_full = nohz_full_switch(cpus, host_cpus);
     let rep_quad = if rep_quad { " memops_rep_quad" } else { "" };
-    format!("clearcpuid={} {EMULATED_KERNEL_SWITCHES}{smp}{rep_quad}", features.join(","))
+    format!("clearcpuid={} {EMULATED_KERNEL_SWITCHES}{smp}{nohz_full}{rep_quad}", features.join(","))
 }
 
 /// The image's kernel switches (images/patches/) for the two instructions
@@ -148,6 +165,9 @@ pub struct HostKvm {
     /// text the write faults and the kernel oopses), or did not finish it.
     /// The guest must then make no hypercalls.
     pub hypercalls_fail: bool,
+    /// The host CPUs the VMM may run on (its affinity and CPU quota), which
+    /// its vCPU threads share.
+    pub host_cpus: usize,
 }
 
 /// Hardware runs a loop iteration in about a nanosecond; the emulator in about
@@ -162,7 +182,11 @@ impl HostKvm {
     /// What the command line of a guest with `cpus` vCPUs needs on this
     /// host: nothing on an ordinary KVM host.
     pub fn guest_cmdline(&self, cpus: u8) -> String {
-        if self.kernel_code_emulated() { emulated_kernel_cmdline(self.rep_quad_pays(), cpus) } else { String::new() }
+        if self.kernel_code_emulated() {
+            emulated_kernel_cmdline(self.rep_quad_pays(), cpus, self.host_cpus)
+        } else {
+            String::new()
+        }
     }
 
     /// Whether memset and memcpy should move eight bytes per REP iteration
@@ -258,6 +282,7 @@ pub fn probe(kvm: &Kvm) -> Result<HostKvm, Error> {
         kernel_ns_per_rep_stosq: rep_stosq_ns,
         kernel_popcnt_fails: popcnt_fails,
         hypercalls_fail: !finished || after != hypercall,
+        host_cpus: std::thread::available_parallelism().map_or(1, usize::from),
     })
 }
 
@@ -344,15 +369,23 @@ mod tests {
             kernel_ns_per_rep_stosq: 0.3,
             kernel_popcnt_fails: false,
             hypercalls_fail: false,
+            host_cpus: 4,
         };
         assert_eq!(native.guest_cmdline(4), "");
         assert_eq!(native.qemu_guest_cmdline(), "");
         let slow = HostKvm { kernel_ns_per_instruction: 900.0, kernel_ns_per_rep_stosq: 800.0, ..native };
-        assert_eq!(slow.guest_cmdline(1), emulated_kernel_cmdline(true, 1));
+        assert_eq!(slow.guest_cmdline(1), emulated_kernel_cmdline(true, 1, 4));
         assert!(slow.guest_cmdline(1).ends_with(" memops_rep_quad"));
         assert!(!slow.guest_cmdline(1).contains(EMULATED_SMP_SWITCHES));
         assert!(slow.guest_cmdline(2).contains(EMULATED_SMP_SWITCHES));
-        assert!(slow.qemu_guest_cmdline().starts_with(&emulated_kernel_cmdline(true, 1)));
+        assert!(!slow.guest_cmdline(1).contains("nohz_full"));
+        assert!(slow.guest_cmdline(2).contains(" nohz_full=1-1 "));
+        assert!(slow.guest_cmdline(4).contains(" nohz_full=1-3 "));
+        // More vCPUs than host CPUs: they take turns, and the first could not
+        // do the others' housekeeping.
+        assert!(!slow.guest_cmdline(5).contains("nohz_full"));
+        assert!(slow.guest_cmdline(5).contains(EMULATED_SMP_SWITCHES));
+        assert!(slow.qemu_guest_cmdline().starts_with(&emulated_kernel_cmdline(true, 1, 4)));
         // An emulator that took each REP iteration as slowly as several
         // instructions: the unrolled loops are kept.
         let slow_rep = HostKvm { kernel_ns_per_rep_stosq: 5000.0, ..slow };
@@ -366,7 +399,7 @@ mod tests {
     fn linux_reads_the_whole_clearcpuid_list() {
         // cpu_parse_early_param() copies the value into a 128-byte buffer:
         // a longer list loses its end (it once lost "rep_good" that way).
-        let cmdline = emulated_kernel_cmdline(true, 1);
+        let cmdline = emulated_kernel_cmdline(true, 1, 4);
         let list = cmdline.split(' ').find_map(|w| w.strip_prefix("clearcpuid=")).unwrap();
         assert!(list.len() < 128, "{} characters", list.len());
         assert_eq!(list.split(',').count(), CLEARED_CPU_FEATURES.len());

@@ -303,12 +303,17 @@ fn meminfo() -> i32 {
     0
 }
 
-/// Spins in user space for `seconds` and prints what it lost to
-/// interruptions ([`Interruptions`]): where guest kernel code is emulated,
-/// mostly the guest's timer ticks.
+/// Spins in user space for `seconds` on the CPU a first writer gets and
+/// prints what it lost to interruptions ([`Interruptions`]): where guest
+/// kernel code is emulated, mostly the guest's timer ticks.
 fn interruptions(seconds: u64) -> i32 {
+    let cpus = online_cpus();
+    let cpu = writer_cpu(&cpus, 0);
+    pin_to(cpu).unwrap_or_else(|e| fail(1, &e));
     let seen = Interruptions::measure(seconds.saturating_mul(1_000_000_000), now_ns);
-    println!("interruptions: spinning in user space {seen}");
+    println!("interruptions: spinning in user space {seen} (on CPU {cpu}, a first writer's)");
+    // The commands after this one run on every CPU again.
+    set_affinity(&cpus).unwrap_or_else(|e| fail(1, &format!("unpinning: {e}")));
     0
 }
 
@@ -352,7 +357,7 @@ fn ends(device: &Device, path: &str, seed: u64) -> i32 {
 /// Formats the region and forks one writer process per block.
 /// `spin` busy-waits that many loop turns after each record (no system
 /// call), to make a run last long enough to be interrupted. With `pin`,
-/// writer w runs on the w-th online CPU only, and fails if there is none.
+/// each writer runs on a CPU of its own ([`writer_cpu`]), and fails if there is none.
 fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin: u64, pin: bool) -> i32 {
     let cpus = online_cpus();
     if pin && (cpus.len() as u64) < procs {
@@ -374,7 +379,7 @@ fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin:
                 break;
             }
             0 => {
-                if pin && let Err(e) = pin_to(cpus[w as usize]) {
+                if pin && let Err(e) = pin_to(writer_cpu(&cpus, w as usize)) {
                     eprintln!("kvmshm-demo: writer {w}: {e}");
                     // SAFETY: ends the child at once, as below.
                     unsafe { libc::_exit(1) }
@@ -411,8 +416,9 @@ fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin:
     status
 }
 
-/// Records per second with `procs` writer processes, writer w pinned to
-/// the (w mod CPUs)-th online CPU, in `rounds` rounds. The writers are
+/// Records per second with `procs` writer processes, each pinned to a CPU
+/// ([`writer_cpu`]; several share one if there are more writers than
+/// CPUs), in `rounds` rounds. The writers are
 /// forked once and sleep on a pipe of their own between rounds; in each
 /// round the region is formatted afresh, the writers wake and meet at a
 /// start line, then every writer appends until its block is full or (after
@@ -459,7 +465,7 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64, pac
                     // closed so that each pipe's end of file means what it says.
                     unsafe { libc::close(fd) };
                 }
-                if let Err(e) = pin_to(cpus[w % cpus.len()]) {
+                if let Err(e) = pin_to(writer_cpu(&cpus, w)) {
                     eprintln!("kvmshm-demo: writer {w}: {e}");
                     // SAFETY: ends the child at once, as above.
                     unsafe { libc::_exit(1) }
@@ -490,7 +496,7 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64, pac
     }
     // On the last writer's CPU, which it wakes last: the writers waiting at
     // the start line on the other CPUs have theirs to themselves.
-    if let Err(e) = pin_to(cpus[(procs as usize - 1) % cpus.len()]) {
+    if let Err(e) = pin_to(writer_cpu(&cpus, procs as usize - 1)) {
         fail(1, &e);
     }
     let mut done_rounds = Vec::new();
@@ -721,6 +727,15 @@ fn set_affinity(cpus: &[usize]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The CPU for writer `w` of the `cpus` from [`online_cpus`]: from the
+/// last down, so that the first gets a writer only once every other CPU has
+/// one. The first keeps its tick and the kernel's housekeeping where the VMM
+/// passes `nohz_full=` for the others (vmm/src/host.rs), and there a tick
+/// stops a writer for milliseconds.
+fn writer_cpu(cpus: &[usize], w: usize) -> usize {
+    cpus[cpus.len() - 1 - w % cpus.len()]
 }
 
 /// Moves this process to `cpu` for good, and checks that it runs there.
