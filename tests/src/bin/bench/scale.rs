@@ -30,7 +30,11 @@ pub const VCPUS: [u8; 3] = [1, 2, 4];
 /// and four writers on one vCPU made 37.1 and 35.9 M records/s against 41.1
 /// and 40.9 with these (medians of three alternating runs).
 const RECORDS: u64 = 1 << 22;
-const ROUNDS: u64 = 9;
+/// Rounds per point, the first not counted. Each is about 0.1 s per writer
+/// on a core, and this host's speed moves by a fifth within a second: with 8
+/// counted rounds a point moved by up to 0.1 between runs; 16 average twice
+/// as long.
+const ROUNDS: u64 = 17;
 /// How long the guests and a host thread spin to measure what they lose to
 /// interruptions (shm_layout::spin).
 const SPIN_SECONDS: u64 = 5;
@@ -383,7 +387,11 @@ pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
          shm_layout::spin), stands still whenever something else runs. In the guests, with {}. On a host thread: \
          {}. A writer loses the same share of its time, which caps the guest / host ratio at (1 - {:.3}) / \
          (1 - {:.3}) = {:.2} with 1 vCPU. Where guest kernel code is emulated, the long interruptions are the \
-         guest's timer ticks (CONFIG_HZ, images/patches/0005).",
+         guest's timer ticks (CONFIG_HZ, images/patches/0005); there the VMM passes `nohz_full=` for every CPU \
+         of a guest but the first if each vCPU has a host CPU (vmm/src/host.rs), so that a CPU running one \
+         process has no tick, and the \
+         demo gives writers and the spin CPUs from the last down: the first CPU, which keeps the tick, gets a \
+         writer only when the others all have one.",
         spins.join("; "),
         r.host_spin,
         one.lost,
