@@ -101,10 +101,10 @@ const EMULATED_SMP_SWITCHES: &str = "sysctl.vm.stat_interval=10 cpuhp.parallel=0
 /// spin on CPU 1 of 2: 4 to 10 stops of a millisecond or more instead of
 /// 160). The first CPU keeps the tick and does the others' timekeeping, RCU
 /// callbacks and housekeeping, so only where every vCPU can have a host CPU
-/// of its own: 32 vCPUs on 2 host cores, taking turns, did not finish booting
-/// in 600 s with it (RCU stalls; the grace-period thread on CPU 0 starved),
-/// 67 s without. A kernel without NO_HZ_FULL ignores the switch (with a
-/// warning in its log).
+/// of its own: 32 vCPUs on 2 host cores, taking turns, each running a pinned
+/// writer, did not finish in 600 s with it (RCU stalls; the grace-period
+/// thread on CPU 0 starved), 67 s without. A kernel without NO_HZ_FULL
+/// ignores the switch (with a warning in its log).
 fn nohz_full_switch(cpus: u8, host_cpus: usize) -> String {
     if cpus > 1 && usize::from(cpus) <= host_cpus { format!(" nohz_full=1-{}", cpus - 1) } else { String::new() }
 }
