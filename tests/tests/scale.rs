@@ -47,6 +47,29 @@ fn the_most_vcpus_the_vmm_gives_all_come_online_and_write() {
     pinned_writers_on_every_vcpu(32, 2000);
 }
 
+/// Two processes spinning on one vCPU both get it in turn, with the slices
+/// the VMM asks for where guest kernel code is emulated (vmm/src/host.rs):
+/// on CPU 1, which has no tick while it runs one process where the VMM
+/// passes `nohz_full=`, and gets it back for two.
+#[test]
+fn two_processes_spinning_on_one_vcpu_take_turns() {
+    let out = run_vm("/bin/kvmshm-demo -- interruptions --seconds=3 --procs=2", &["--cpus", "2"]);
+    assert_eq!(out.code, Some(0), "{}", out.transcript());
+    let line = out
+        .console
+        .lines()
+        .find(|l| l.contains("interruptions: 2 processes sharing CPU 1 ran "))
+        .unwrap_or_else(|| panic!("no line on the two spinners' shares\n{}", out.transcript()));
+    let each: Vec<f64> = line
+        .rsplit_once('(')
+        .and_then(|(_, list)| list.strip_suffix(')'))
+        .map(|list| list.split(", ").filter_map(|s| s.trim_end_matches('%').parse().ok()).collect())
+        .unwrap_or_default();
+    // Half a fair share each at least: one that kept the CPU would leave the
+    // other next to nothing.
+    assert!(each.len() == 2 && each.iter().all(|&share| share >= 25.0), "{line}\n{}", out.transcript());
+}
+
 #[test]
 fn a_kernel_without_smp_on_two_vcpus_runs_on_one_and_the_vmm_says_so() {
     // The one-vCPU image's kernel, built without CONFIG_SMP.

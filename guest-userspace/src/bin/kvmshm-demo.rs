@@ -42,7 +42,7 @@ const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
     write --procs N --records M [--seed S] [--spin K] [--pin 1] | check-records --procs N --records M | \
     verify --seed S | echo [--interrupts 1] | pingpong --peer P --rounds N --side 0|1 | check-doorbell --slot S | check-api | check-removal | memspeed --mib M | \
     bench [--chunk-kib K] [--slots S] --total-mib T | move-bar --to ADDR | ends --seed S | meminfo | \
-    scale --procs N --records M --rounds K [--paced 1] | interruptions --seconds N | pages --seconds N; \
+    scale --procs N --records M --rounds K [--paced 1] | interruptions --seconds N [--procs P] | pages --seconds N; \
     --name=VALUE works as well as --name VALUE";
 
 #[derive(Clone, Copy)]
@@ -62,7 +62,7 @@ enum Command {
     Ends { seed: u64 },
     Meminfo,
     Scale { procs: u64, records: u64, rounds: u64, paced: bool },
-    Interruptions { seconds: u64 },
+    Interruptions { seconds: u64, procs: u64 },
 }
 
 struct Invocation {
@@ -121,8 +121,12 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
             Command::Scale { procs, records: required(records, "--records")?, rounds, paced }
         }
         "interruptions" => {
-            let [seconds] = numbers(args, ["--seconds"])?;
-            Command::Interruptions { seconds: required(seconds, "--seconds")? }
+            let [seconds, procs] = numbers(args, ["--seconds", "--procs"])?;
+            let procs = procs.unwrap_or(1);
+            if procs == 0 {
+                return Err("--procs must be at least 1".into());
+            }
+            Command::Interruptions { seconds: required(seconds, "--seconds")?, procs }
         }
         "ends" => {
             let [seed] = numbers(args, ["--seed"])?;
@@ -261,7 +265,7 @@ fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
             fail(2, "--caching applies to the commands that map the device")
         }
         Command::Meminfo => return meminfo(),
-        Command::Interruptions { seconds } => return interruptions(seconds),
+        Command::Interruptions { seconds, procs } => return interruptions(seconds, procs),
         _ => {}
     }
     let device = Device::open(path, caching).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
@@ -305,16 +309,73 @@ fn meminfo() -> i32 {
 
 /// Spins in user space for `seconds` on the CPU a first writer gets and
 /// prints what it lost to interruptions ([`Interruptions`]): where guest
-/// kernel code is emulated, mostly the guest's timer ticks.
-fn interruptions(seconds: u64) -> i32 {
+/// kernel code is emulated, mostly the guest's timer ticks. With `procs`
+/// above 1, as many processes spin on that CPU at once, taking turns, and
+/// each one's share of the time is printed too: what is missing from their
+/// sum went to the kernel, switches between them included.
+fn interruptions(seconds: u64, procs: u64) -> i32 {
     let cpus = online_cpus();
     let cpu = writer_cpu(&cpus, 0);
     pin_to(cpu).unwrap_or_else(|e| fail(1, &e));
-    let seen = Interruptions::measure(seconds.saturating_mul(1_000_000_000), now_ns);
+    let duration_ns = seconds.saturating_mul(1_000_000_000);
+    // Each other spinner sends its share of the time, in millionths.
+    let shares = pipe();
+    let mut children = Vec::new();
+    for p in 1..procs {
+        // SAFETY: this process has one thread; the child spins, writes to
+        // the pipe it inherited and leaves with _exit, running no destructor
+        // of the parent's state.
+        match unsafe { libc::fork() } {
+            -1 => fail(1, &format!("fork of spinner {p}: {}", io::Error::last_os_error())),
+            0 => {
+                let share = share_millionths(&Interruptions::measure(duration_ns, now_ns));
+                // SAFETY: writes the 8 bytes of `share`, fewer than PIPE_BUF,
+                // so in one piece.
+                let code = if unsafe { libc::write(shares.1, (&raw const share).cast(), 8) } == 8 { 0 } else { 1 };
+                // SAFETY: ends the child at once, as above.
+                unsafe { libc::_exit(code) }
+            }
+            pid => children.push(pid),
+        }
+    }
+    // SAFETY: the parent's copy of the write end: end of file once every
+    // spinner has written or died.
+    unsafe { libc::close(shares.1) };
+    let seen = Interruptions::measure(duration_ns, now_ns);
     println!("interruptions: spinning in user space {seen} (on CPU {cpu}, a first writer's)");
+    if procs > 1 {
+        let mut all = vec![share_millionths(&seen)];
+        let mut share = 0u64;
+        // SAFETY: reads at most 8 bytes into `share`.
+        while unsafe { libc::read(shares.0, (&raw mut share).cast(), 8) } == 8 {
+            all.push(share);
+        }
+        for &pid in &children {
+            let mut status = 0;
+            // SAFETY: waits for our own child; status is a valid out-pointer.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+        }
+        if all.len() as u64 != procs {
+            fail(1, &format!("{} of {procs} spinners reported their share", all.len()));
+        }
+        let percent = |m: u64| m as f64 / 1e4;
+        let each: Vec<_> = all.iter().map(|&m| format!("{:.1}%", percent(m))).collect();
+        println!(
+            "interruptions: {procs} processes sharing CPU {cpu} ran {:.1}% of the time together ({})",
+            percent(all.iter().sum()),
+            each.join(", ")
+        );
+    }
+    // SAFETY: the read end, no longer used.
+    unsafe { libc::close(shares.0) };
     // The commands after this one run on every CPU again.
     set_affinity(&cpus).unwrap_or_else(|e| fail(1, &format!("unpinning: {e}")));
     0
+}
+
+/// The share of the time a spinner ran, in millionths.
+fn share_millionths(seen: &Interruptions) -> u64 {
+    ((1.0 - seen.lost()) * 1e6).round() as u64
 }
 
 /// Checks the host's data (`seed`) on the first and the last page of the
