@@ -55,11 +55,7 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// switches (images/patches/0006 to 0008, 0014, 0021 and 0024; other
 /// kernels ignore them): `no_thp_size_sysfs` skips the nine per-size THP
 /// sysfs directories and `no_irq_sysfs` /sys/kernel/irq (193 nodes, 3% of
-/// the boot), `sched_base_slice_us` gives tasks sharing a CPU 50 ms
-/// slices (times 1 + log2 of the CPUs, as the kernel scales them), not
-/// 0.7 ms, since each context switch costs one or two milliseconds here
-/// (two writer processes sharing a vCPU lost 8% of one's rate with 20 ms
-/// slices, nothing measurable with 50 or 100), and `no_execmem_rox_cache`
+/// the boot), and `no_execmem_rox_cache`
 /// gives module text pages of its own rather than a 2 MiB block filled with
 /// INT3. `sysctl.vm.compaction_proactiveness=0` (Linux's own) keeps kcompactd
 /// asleep until an allocation needs compaction: it otherwise wakes every
@@ -68,7 +64,7 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// 7.0% of its time, 5.8% with the switch). Nothing in the image needs memory
 /// compacted ahead of time: anonymous memory stays on 4 KiB pages (THP
 /// "never") and the driver's huge mappings are PFN maps. With more than one
-/// vCPU, [`EMULATED_SMP_SWITCHES`] follow. Where the probe
+/// vCPU, [`EMULATED_SMP_SWITCHES`] follow; then [`sched_slice_switch`]. Where the probe
 /// finds REP STOSQ cheap, `memops_rep_quad` (patch 0011) follows: memset and
 /// memcpy then move eight bytes per REP iteration (with ERMS and FSRM
 /// hidden, they would otherwise run unrolled loops, at about twice the cost
@@ -77,7 +73,7 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// VMM instead ([`crate::emulator::finish_instruction`]), so that kernels
 /// without the image's patches boot too.
 const EMULATED_KERNEL_SWITCHES: &str = "noxsave retain_initrd keep_kernel_image_gaps \
-    keep_unpatched_alternatives no_execmem_rox_cache no_thp_size_sysfs no_irq_sysfs sched_base_slice_us=50000 \
+    keep_unpatched_alternatives no_execmem_rox_cache no_thp_size_sysfs no_irq_sysfs \
     sysctl.vm.compaction_proactiveness=0";
 
 /// With more than one vCPU (so an SMP kernel, whose vCPUs fold their memory
@@ -109,6 +105,28 @@ fn nohz_full_switch(cpus: u8, host_cpus: usize) -> String {
     if cpus > 1 && usize::from(cpus) <= host_cpus { format!(" nohz_full=1-{}", cpus - 1) } else { String::new() }
 }
 
+/// How long a task runs before another that shares its CPU gets a turn,
+/// where guest kernel code is emulated: Linux's 0.7 ms (times
+/// 1 + log2 of the CPUs) would leave tasks sharing a CPU almost no time to
+/// run, since each switch (the slice's timer interrupt, the scheduler, the
+/// switch itself) costs about 4 ms here. Four spinning processes on one
+/// vCPU lost 20% of its time with 50 ms slices, 13% with 200 ms and 11% with
+/// 1 s (one alone: 8%). The price is latency on a busy CPU: a process waking
+/// every 10 ms beside three spinning ones woke late by 6 to 7 ms at the
+/// median either way, but by 300 ms at the 99th percentile with 200 ms
+/// slices (95 ms with 50 ms). A process that needs to run soon on a busy
+/// CPU can ask for a shorter slice of its own (`sched_setattr`'s
+/// `sched_runtime`), which also lets it preempt on waking.
+const SLICE_US: u32 = 200_000;
+
+/// `sched_base_slice_us` (images/patches/0008; other kernels ignore it) for
+/// [`SLICE_US`] whatever the vCPU count: the kernel multiplies the base
+/// slice by 1 + log2 of the CPUs (at most 8), as it does its own default.
+fn sched_slice_switch(cpus: u8) -> String {
+    let factor = 1 + cpus.clamp(1, 8).ilog2();
+    format!(" sched_base_slice_us={}", SLICE_US / factor)
+}
+
 /// `memops_rep_quad` where an iteration of REP STOSQ costs less than this
 /// many loop instructions: the unrolled loops it replaces take more than
 /// one instruction per eight bytes, each a store (on this kind of host an
@@ -125,8 +143,9 @@ fn emulated_kernel_cmdline(rep_quad: bool, cpus: u8, host_cpus: usize) -> String
     let features: Vec<String> = CLEARED_CPU_FEATURES.iter().map(|(_, bit)| bit.to_string()).collect();
     let smp = if cpus > 1 { format!(" {EMULATED_SMP_SWITCHES}") } else { String::new() };
     let nohz_full = nohz_full_switch(cpus, host_cpus);
+    let slice = sched_slice_switch(cpus);
     let rep_quad = if rep_quad { " memops_rep_quad" } else { "" };
-    format!("clearcpuid={} {EMULATED_KERNEL_SWITCHES}{smp}{nohz_full}{rep_quad}", features.join(","))
+    format!("clearcpuid={} {EMULATED_KERNEL_SWITCHES}{smp}{nohz_full}{slice}{rep_quad}", features.join(","))
 }
 
 /// The image's kernel switches (images/patches/) for the two instructions
@@ -385,6 +404,10 @@ mod tests {
         // do the others' housekeeping.
         assert!(!slow.guest_cmdline(5).contains("nohz_full"));
         assert!(slow.guest_cmdline(5).contains(EMULATED_SMP_SWITCHES));
+        // The kernel multiplies the base slice by 1, 2, 3 and at most 4.
+        for (cpus, base_us) in [(1, 200_000), (2, 100_000), (3, 100_000), (4, 66_666), (8, 50_000), (32, 50_000)] {
+            assert!(slow.guest_cmdline(cpus).contains(&format!(" sched_base_slice_us={base_us} ")), "{cpus} vCPUs");
+        }
         assert!(slow.qemu_guest_cmdline().starts_with(&emulated_kernel_cmdline(true, 1, 4)));
         // An emulator that took each REP iteration as slowly as several
         // instructions: the unrolled loops are kept.
