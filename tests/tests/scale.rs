@@ -65,9 +65,16 @@ fn two_processes_spinning_on_one_vcpu_take_turns() {
         .and_then(|(_, list)| list.strip_suffix(')'))
         .map(|list| list.split(", ").filter_map(|s| s.trim_end_matches('%').parse().ok()).collect())
         .unwrap_or_default();
-    // Half a fair share each at least: one that kept the CPU would leave the
-    // other next to nothing.
-    assert!(each.len() == 2 && each.iter().all(|&share| share >= 25.0), "{line}\n{}", out.transcript());
+    // Of what the two ran between them (less than all of the time: the
+    // guest kernel's, and the host's other work where the vCPU waits for a
+    // core), half a fair share each at least: one that kept the CPU would
+    // leave the other next to nothing.
+    let together: f64 = each.iter().sum();
+    assert!(
+        each.len() == 2 && each.iter().all(|&share| share > 0.0 && share >= together / 4.0),
+        "{line}\n{}",
+        out.transcript()
+    );
 }
 
 #[test]
