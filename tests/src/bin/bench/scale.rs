@@ -396,10 +396,10 @@ pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
          {}. A writer loses the same share of its time, which caps the guest / host ratio at (1 - {:.3}) / \
          (1 - {:.3}) = {:.2} with 1 vCPU. Where guest kernel code is emulated, the long interruptions are the \
          guest's timer ticks (CONFIG_HZ, images/patches/0005); there the VMM passes `nohz_full=` for every CPU \
-         of a guest but the first if there are at most two vCPUs to a host CPU (vmm/src/host.rs), so that a CPU running one \
-         process has no tick, and the demo gives writers and the spin CPUs from the last down: the first \
-         CPU, which keeps the tick, gets a writer only when the others all have one. Two processes spinning on \
-         that CPU at once, taking turns as writers sharing a vCPU do: {}.",
+         of a guest but the first if there are at most two vCPUs to a host CPU (vmm/src/host.rs), so that a \
+         CPU running one process has no tick, and the demo gives writers and the spin CPUs from the last down: \
+         the first CPU, which keeps the tick, gets a writer only when the others all have one. Two processes \
+         spinning on that CPU at once, taking turns as writers sharing a vCPU do: {}.",
         spins.join("; "),
         r.host_spin,
         one.lost,
