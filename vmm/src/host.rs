@@ -124,7 +124,7 @@ const NOHZ_FULL_VCPUS_PER_HOST_CPU: usize = 2;
 /// switch itself) costs about 4 ms here. Four spinning processes on one
 /// vCPU lost 20% of its time with 50 ms slices, 13% with 200 ms and 11% with
 /// 1 s (one alone: 8%). The price is latency on a busy CPU: a process waking
-/// every 10 ms beside three spinning ones woke late by 6 to 7 ms at the
+/// every 10 ms beside three spinning ones woke late by 5 to 7 ms at the
 /// median either way, but by 300 ms at the 99th percentile with 200 ms
 /// slices (95 ms with 50 ms). A process that needs to run soon on a busy
 /// CPU can ask for a shorter slice of its own (`sched_setattr`'s
