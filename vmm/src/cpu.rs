@@ -98,6 +98,10 @@ pub struct Config {
     /// Whether the guest may use KVM's paravirtual features that make
     /// hypercalls (see [`crate::host::HostKvm::hypercalls_fail`]).
     pub hypercalls: bool,
+    /// Whether KVM's in-kernel local APIC has the TSC-deadline timer
+    /// (KVM_CAP_TSC_DEADLINE_TIMER): KVM_GET_SUPPORTED_CPUID reports it
+    /// only from Linux 6.14 on, so a VMM sets the bit itself, as QEMU does.
+    pub tsc_deadline: bool,
 }
 
 /// KVM's paravirtual features (CPUID 0x40000001 EAX) that Linux uses
@@ -116,7 +120,10 @@ pub fn supported_cpuid(kvm_fd: &Kvm) -> Result<CpuId, Error> {
 }
 
 /// The CPUID KVM supports, with what a VMM adds: the hypervisor bit (so
-/// the guest looks for kvm-clock) and a topology of `config.cpus` cores in
+/// the guest looks for kvm-clock), the TSC-deadline timer where KVM has it
+/// (without it Linux calibrates the local APIC timer, and a kernel with
+/// fewer than 19 ticks a second, as the image's, cannot use the PIT for
+/// that or for its tick), and a topology of `config.cpus` cores in
 /// one package, one thread each, this vCPU's APIC ID being `vcpu_id`. The
 /// topology is said the ways Linux reads it: leaf 0xB (Intel), leaf
 /// 0x80000008's core count with TOPOEXT off (AMD, where KVM's leaf
@@ -124,6 +131,7 @@ pub fn supported_cpuid(kvm_fd: &Kvm) -> Result<CpuId, Error> {
 /// 4's cores per package and threads per cache.
 fn vcpu_cpuid(supported: &[kvm_cpuid_entry2], vcpu_id: u8, config: &Config) -> Vec<kvm_cpuid_entry2> {
     const HTT: u32 = 1 << 28;
+    const TSC_DEADLINE: u32 = 1 << 24;
     const HYPERVISOR: u32 = 1 << 31;
     const TOPOEXT: u32 = 1 << 22;
     const LEVEL_SMT: u32 = 1 << 8;
@@ -137,6 +145,9 @@ fn vcpu_cpuid(supported: &[kvm_cpuid_entry2], vcpu_id: u8, config: &Config) -> V
             1 => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (id << 24) | (n << 16);
                 e.ecx |= HYPERVISOR;
+                if config.tsc_deadline {
+                    e.ecx |= TSC_DEADLINE;
+                }
                 e.edx = if n > 1 { e.edx | HTT } else { e.edx & !HTT };
             }
             4 => {
@@ -245,12 +256,13 @@ mod tests {
             leaf(0x8000_0001, 0, 0, 0, 1 << 22, 0),
             leaf(0x8000_0008, 0, 0x3030, 0, 0x700f, 0),
         ];
-        let config = Config { cpus: 3, hypercalls: false };
+        let config = Config { cpus: 3, hypercalls: false, tsc_deadline: true };
         let e = vcpu_cpuid(&host, 2, &config);
         let l1 = find(&e, 1, 0);
         assert_eq!((l1.ebx >> 24, (l1.ebx >> 16) & 0xff), (2, 3), "APIC ID and logical count");
         assert_ne!(l1.edx & (1 << 28), 0, "HTT: more than one logical CPU");
         assert_ne!(l1.ecx & (1 << 31), 0, "hypervisor bit");
+        assert_ne!(l1.ecx & (1 << 24), 0, "TSC-deadline timer, which the host's leaf 1 lacks");
         assert_eq!(find(&e, 4, 0).eax >> 14, 2 << 12, "L1: one thread, 3 cores");
         assert_eq!(find(&e, 4, 3).eax >> 14, (2 << 12) | 2, "L3: shared by the 3");
         assert_eq!((find(&e, 0xb, 0).ebx, find(&e, 0xb, 0).edx), (1, 2), "SMT level: one thread");
@@ -262,8 +274,9 @@ mod tests {
         assert_eq!(find(&e, 0x4000_0001, 0).eax & KVM_HYPERCALL_FEATURES, 0, "no hypercall features");
         assert_eq!(e.iter().filter(|l| l.function == 0xb).count(), 3, "the host's leaf 0xB is replaced");
 
-        let one = vcpu_cpuid(&host, 0, &Config { cpus: 1, hypercalls: true });
+        let one = vcpu_cpuid(&host, 0, &Config { cpus: 1, hypercalls: true, tsc_deadline: false });
         assert_eq!(find(&one, 1, 0).edx & (1 << 28), 0, "no HTT with one CPU");
+        assert_eq!(find(&one, 1, 0).ecx & (1 << 24), 0, "no TSC-deadline timer where KVM has none");
         assert_eq!(find(&one, 0x4000_0001, 0).eax, 0xffff_ffff, "hypercall features kept where they work");
     }
 }

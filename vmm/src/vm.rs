@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
-use kvm_ioctls::Kvm;
-use log::info;
+use kvm_ioctls::{Cap, Kvm};
+use log::{info, warn};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -177,7 +177,11 @@ impl Vm {
         mptable::write(&mem, config.cpus).map_err(Error::MpTable)?;
         pirq::write(&mem).map_err(Error::PirqTable)?;
 
-        let cpu_config = cpu::Config { cpus: config.cpus, hypercalls: !host.hypercalls_fail };
+        let tsc_deadline = vm.check_extension(Cap::TscDeadlineTimer);
+        if !tsc_deadline {
+            warn!("KVM has no TSC-deadline timer: the guest calibrates its local APIC timer");
+        }
+        let cpu_config = cpu::Config { cpus: config.cpus, hypercalls: !host.hypercalls_fail, tsc_deadline };
         let mut vcpu_fds = Vec::new();
         for id in 0..config.cpus {
             let fd = vm.create_vcpu(id.into()).map_err(kvm("create vCPU"))?;
