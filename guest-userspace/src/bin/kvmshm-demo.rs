@@ -350,11 +350,7 @@ fn interruptions(seconds: u64, procs: u64) -> i32 {
         while unsafe { libc::read(shares.0, (&raw mut share).cast(), 8) } == 8 {
             all.push(share);
         }
-        for &pid in &children {
-            let mut status = 0;
-            // SAFETY: waits for our own child; status is a valid out-pointer.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-        }
+        reap(&children);
         if all.len() as u64 != procs {
             fail(1, &format!("{} of {procs} spinners reported their share", all.len()));
         }
@@ -371,6 +367,21 @@ fn interruptions(seconds: u64, procs: u64) -> i32 {
     // The commands after this one run on every CPU again.
     set_affinity(&cpus).unwrap_or_else(|e| fail(1, &format!("unpinning: {e}")));
     0
+}
+
+/// Waits for each of `children` in turn and returns the index and wait
+/// status of each one that did not exit with status 0.
+fn reap(children: &[libc::pid_t]) -> Vec<(usize, libc::c_int)> {
+    let mut failed = Vec::new();
+    for (i, &pid) in children.iter().enumerate() {
+        let mut wstatus = 0;
+        // SAFETY: waits for our own child; wstatus is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut wstatus, 0) };
+        if r != pid || !libc::WIFEXITED(wstatus) || libc::WEXITSTATUS(wstatus) != 0 {
+            failed.push((i, wstatus));
+        }
+    }
+    failed
 }
 
 /// The share of the time a spinner ran, in millionths.
@@ -457,14 +468,9 @@ fn write(device: &Device, path: &str, procs: u64, records: u64, seed: u64, spin:
             pid => children.push(pid),
         }
     }
-    for (w, &pid) in children.iter().enumerate() {
-        let mut wstatus = 0;
-        // SAFETY: waits for our own child; wstatus is a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut wstatus, 0) };
-        if r != pid || !libc::WIFEXITED(wstatus) || libc::WEXITSTATUS(wstatus) != 0 {
-            eprintln!("kvmshm-demo: writer {w} failed (wait status {wstatus:#x})");
-            status = 1;
-        }
+    for (w, wstatus) in reap(&children) {
+        eprintln!("kvmshm-demo: writer {w} failed (wait status {wstatus:#x})");
+        status = 1;
     }
     let micros = start.elapsed().as_micros();
     let published: u64 = (0..procs).map(|w| area.published(w)).sum();
@@ -591,11 +597,7 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64, pac
         // SAFETY: the parent's ends; closing `go` ends the writers.
         unsafe { libc::close(fd) };
     }
-    for &pid in &children {
-        let mut status = 0;
-        // SAFETY: waits for our own child; status is a valid out-pointer.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-    }
+    reap(&children);
     // The commands after this one run on every CPU again.
     if let Err(e) = set_affinity(&cpus) {
         fail(1, &format!("unpinning: {e}"));
