@@ -342,7 +342,8 @@ fn interruptions(seconds: u64, procs: u64) -> i32 {
     // spinner has written or died.
     unsafe { libc::close(shares.1) };
     let seen = Interruptions::measure(duration_ns, now_ns);
-    println!("interruptions: spinning in user space {seen} (on CPU {cpu}, a first writer's)");
+    let timer = tick_timer(cpu);
+    println!("interruptions: spinning in user space {seen} (on CPU {cpu}, a first writer's, whose tick is {timer}'s)");
     if procs > 1 {
         let mut all = vec![share_millionths(&seen)];
         let mut share = 0u64;
@@ -367,6 +368,13 @@ fn interruptions(seconds: u64, procs: u64) -> i32 {
     // The commands after this one run on every CPU again.
     set_affinity(&cpus).unwrap_or_else(|e| fail(1, &format!("unpinning: {e}")));
     0
+}
+
+/// The clock event device that makes `cpu`'s tick, as sysfs names it
+/// ("lapic-deadline", "lapic", "pit").
+fn tick_timer(cpu: usize) -> String {
+    let path = format!("/sys/devices/system/clockevents/clockevent{cpu}/current_device");
+    std::fs::read_to_string(&path).map_or_else(|e| format!("unknown ({path}: {e})"), |name| name.trim().to_string())
 }
 
 /// Waits for each of `children` in turn and returns the index and wait
