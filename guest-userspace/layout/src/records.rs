@@ -43,9 +43,13 @@ const CHECKSUM_AT: usize = PAYLOAD_AT + PAYLOAD_LEN;
 /// of short rounds would leave out. The demo's `scale` and the benchmark's
 /// host threads both report this.
 pub fn overall_rate(rounds: &[(u64, f64)]) -> f64 {
-    let counted = if rounds.len() > 1 { &rounds[1..] } else { rounds };
-    let (records, seconds) = counted.iter().fold((0, 0.0), |(n, t), &(rn, rt)| (n + rn, t + rt));
+    let (records, seconds) = counted_rounds(rounds).iter().fold((0, 0.0), |(n, t), &(rn, rt)| (n + rn, t + rt));
     records as f64 / seconds
+}
+
+/// The rounds [`overall_rate`] counts: all but the first, unless it is the only one.
+pub fn counted_rounds<T>(rounds: &[T]) -> &[T] {
+    if rounds.len() > 1 { &rounds[1..] } else { rounds }
 }
 
 /// Whether a writer of the demo's `scale` or of the benchmark's host threads

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use kvmshm_tests::{Running, Scratch, vmm};
 use shm_layout::host::MappedFile;
-use shm_layout::records::{RECORD_LEN, Records, SCALE_ROUND, overall_rate, round_goes_on};
+use shm_layout::records::{RECORD_LEN, Records, SCALE_ROUND, counted_rounds, overall_rate, round_goes_on};
 use shm_layout::spin::Interruptions;
 
 use crate::{Boots, host_demo, on_cpus, pin_to_cpus};
@@ -44,23 +44,39 @@ const THROUGHPUT_GOAL: f64 = 0.9;
 const PACED_WAIT: Duration = Duration::from_secs(120);
 
 /// Records per second at one point: `overall` as [`overall_rate`] counts
-/// it, and the slowest and the fastest round.
-#[derive(Clone, Copy)]
+/// it, and each round it counts ([`counted_rounds`]), in order.
 pub struct Rate {
     pub overall: f64,
-    pub slowest: f64,
-    pub fastest: f64,
+    pub rounds: Vec<f64>,
 }
 
 impl Rate {
     /// From each round's records and seconds, in order.
     fn of(rounds: &[(u64, f64)]) -> Self {
-        let rates = rounds.iter().map(|&(n, t)| n as f64 / t);
         Self {
             overall: overall_rate(rounds),
-            slowest: rates.clone().fold(f64::INFINITY, f64::min),
-            fastest: rates.fold(0.0, f64::max),
+            rounds: counted_rounds(rounds).iter().map(|&(n, t)| n as f64 / t).collect(),
         }
+    }
+
+    /// The slowest and the fastest counted round, as "12.3 to 35.7" M/s.
+    fn range(&self) -> String {
+        let slowest = self.rounds.iter().copied().fold(f64::INFINITY, f64::min);
+        let fastest = self.rounds.iter().copied().fold(0.0, f64::max);
+        format!("{:.1} to {:.1}", slowest / 1e6, fastest / 1e6)
+    }
+}
+
+/// Each counted guest round's rate over the host round taken just before
+/// it (the rounds alternate): the lowest, the median and the highest.
+/// Where the whole point's ratio misses and the median does not, a few
+/// rounds on one side met a slower stretch of this host than the other's.
+fn round_ratios(guest: &Rate, host: &Rate) -> [f64; 3] {
+    let mut ratios: Vec<f64> = guest.rounds.iter().zip(&host.rounds).map(|(g, h)| g / h).collect();
+    ratios.sort_by(f64::total_cmp);
+    match ratios.len() {
+        0 => [f64::NAN; 3],
+        n => [ratios[0], ratios[n / 2], ratios[n - 1]],
     }
 }
 
@@ -343,18 +359,32 @@ pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
         }
         s += "\n";
     }
-    s += "\nThe slowest and the fastest round of each point, guest / host threads, M/s:\n\n| writers |";
-    for v in VCPUS {
-        write!(s, " {v} vCPU{} |", plural(v as usize)).unwrap();
-    }
-    s += "\n|---|";
-    s += &"---|".repeat(VCPUS.len());
-    s += "\n";
-    let range = |r: &Rate| format!("{:.1} to {:.1}", r.slowest / 1e6, r.fastest / 1e6);
+    let header = |s: &mut String| {
+        for v in VCPUS {
+            write!(s, " {v} vCPU{} |", plural(v as usize)).unwrap();
+        }
+        *s += "\n|---|";
+        *s += &"---|".repeat(VCPUS.len());
+        *s += "\n";
+    };
+    s += "\nThe slowest and the fastest counted round of each point, guest / host threads, M/s:\n\n| writers |";
+    header(&mut s);
     for (i, w) in WRITERS.iter().enumerate() {
         write!(s, "| {w} |").unwrap();
         for (guest, (_, host)) in r.guest.iter().zip(&r.host) {
-            write!(s, " {} / {} |", range(&guest[i]), range(&host[i])).unwrap();
+            write!(s, " {} / {} |", guest[i].range(), host[i].range()).unwrap();
+        }
+        s += "\n";
+    }
+    s += "\nEach counted guest round over the host round just before it: the lowest, the median and the highest \
+          of these ratios (the host's speed moves within seconds; where the point misses and its median does not, \
+          a few rounds met a slower stretch on one side):\n\n| writers |";
+    header(&mut s);
+    for (i, w) in WRITERS.iter().enumerate() {
+        write!(s, "| {w} |").unwrap();
+        for (guest, (_, host)) in r.guest.iter().zip(&r.host) {
+            let [low, median, high] = round_ratios(&guest[i], &host[i]);
+            write!(s, " {low:.2}, {median:.2}, {high:.2} |").unwrap();
         }
         s += "\n";
     }
@@ -366,7 +396,7 @@ pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
          the same source built differently runs at another speed (code layout). Against it, the guest's 1 \
          writer on 1 vCPU made {:.2}: what the VM costs that binary.",
         r.host_demo.overall / 1e6,
-        range(&r.host_demo),
+        r.host_demo.range(),
         r.host_demo.overall / r.host[0].1[0].overall,
         one_writer / r.host_demo.overall
     )
@@ -439,4 +469,20 @@ pub fn markdown(r: &ScaleResults, boots_1: &Boots, boots_4: &Boots) -> String {
     )
     .unwrap();
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_ratios_pair_rounds_after_the_first_in_order() {
+        // (records, seconds): the first round of each is left out.
+        let m = 1_000_000;
+        let guest = Rate::of(&[(1, 1.0), (30 * m, 1.0), (10 * m, 1.0), (20 * m, 1.0)]);
+        let host = Rate::of(&[(5, 1.0), (10 * m, 1.0), (10 * m, 1.0), (10 * m, 1.0)]);
+        assert_eq!(round_ratios(&guest, &host), [1.0, 2.0, 3.0]);
+        assert_eq!(guest.range(), "10.0 to 30.0");
+        assert!(round_ratios(&Rate::of(&[]), &host)[1].is_nan());
+    }
 }
