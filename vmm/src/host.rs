@@ -111,7 +111,10 @@ fn nohz_full_switch(cpus: u8, host_cpus: usize) -> String {
 /// on 2 host cores with a writer pinned to every vCPU: with 4 vCPUs, three
 /// alternating runs each, a process spinning on CPU 3 lost 2.8 to 4.0% of
 /// its time with the switch and 12.9 to 16.6% without, and four writers
-/// made 51 to 58 M records a second against 45 to 50; with 32 vCPUs the
+/// made 51 to 58 M records a second against 45 to 50; with 8 vCPUs the
+/// spin on CPU 7 still lost less (2.6 to 3.2% against 9.6 to 11.2%), but
+/// eight writers made 45 to 58 M either way and two made 46 to 57 M
+/// against 55 to 60 (three alternating runs each); with 32 vCPUs the
 /// run did not finish in 600 s with the switch (RCU stalls: the
 /// grace-period thread on CPU 0, a sixteenth of a core, starved), 67 s
 /// without.
