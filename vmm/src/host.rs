@@ -88,7 +88,8 @@ const EMULATED_KERNEL_SWITCHES: &str = "noxsave retain_initrd keep_kernel_image_
 /// work (12 vCPUs on 2 cores booted in 14 s instead of 21, 32 in 47 s
 /// instead of 135; 2 and 4 vCPUs 2% sooner).
 /// `sched_busy_balance_ms=1000` (images/patches/0028) has a busy CPU
-/// balance load at most once a second rather than every third 16 Hz tick:
+/// balance load at most once a second rather than every CPUs x 1.6 ticks at
+/// 16 Hz (the kernel's clamp, HZ x CPUs / 10 jiffies: every third on 2 CPUs):
 /// each pass stops the CPU's task for emulated milliseconds, pinned tasks
 /// or not (two processes sharing CPU 1 of 2 ran 88.2 to 88.7% of the time
 /// between them with it, 85.2 to 86.1% without; idle CPUs still pull work
