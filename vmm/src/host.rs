@@ -93,7 +93,10 @@ const EMULATED_KERNEL_SWITCHES: &str = "noxsave retain_initrd keep_kernel_image_
 /// each pass stops the CPU's task for emulated milliseconds, pinned tasks
 /// or not (two processes sharing CPU 1 of 2 ran 88.2 to 88.7% of the time
 /// between them with it, 85.2 to 86.1% without; idle CPUs still pull work
-/// at once).
+/// at once). With it, a CPU that [`nohz_full_switch`] left without a tick
+/// balances too, asked once a second by the first CPU while another CPU has
+/// tasks waiting: three spinning processes left on CPU 0 of 2 while CPU 1
+/// ran one stayed there for seconds, or for good, until then.
 /// [`nohz_full_switch`] may follow.
 const EMULATED_SMP_SWITCHES: &str = "sysctl.vm.stat_interval=10 cpuhp.parallel=0 sched_busy_balance_ms=1000";
 
