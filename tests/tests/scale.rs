@@ -77,6 +77,22 @@ fn two_processes_spinning_on_one_vcpu_take_turns() {
     );
 }
 
+/// Three processes held on CPU 0 while every other CPU runs one, then free
+/// to move, do not stay together: where the VMM passes `nohz_full=`, the
+/// other CPUs have no tick while they run one process, and balance load
+/// only because the housekeeping CPU asks them to (images/patches/0028;
+/// before it they kept still for seconds, or for good).
+#[test]
+fn a_process_waiting_on_a_busy_vcpu_moves_to_another_busy_one() {
+    for cpus in ["2", "4"] {
+        let out = run_vm("/bin/kvmshm-demo -- spread --seconds=8", &["--cpus", cpus]);
+        assert_eq!(out.code, Some(0), "{cpus} vCPUs\n{}", out.transcript());
+        let line =
+            format!("spread: 3 processes on CPU 0 and one on each of the other {}", cpus.parse::<u8>().unwrap() - 1);
+        assert!(out.console.contains(&line), "{cpus} vCPUs: no {line:?}\n{}", out.transcript());
+    }
+}
+
 #[test]
 fn a_kernel_without_smp_on_two_vcpus_runs_on_one_and_the_vmm_says_so() {
     // The one-vCPU image's kernel, built without CONFIG_SMP.

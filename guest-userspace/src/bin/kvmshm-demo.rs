@@ -23,7 +23,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::process::exit;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
 use guest_userspace::device::{Caching, Device, DeviceWake, HUGE_PAGE, map_device, map_shared};
@@ -42,7 +42,7 @@ const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
     write --procs N --records M [--seed S] [--spin K] [--pin 1] | check-records --procs N --records M | \
     verify --seed S | echo [--interrupts 1] | pingpong --peer P --rounds N --side 0|1 | check-doorbell --slot S | check-api | check-removal | memspeed --mib M | \
     bench [--chunk-kib K] [--slots S] --total-mib T | move-bar --to ADDR | ends --seed S | meminfo | \
-    scale --procs N --records M --rounds K [--paced 1] | interruptions --seconds N [--procs P] | pages --seconds N; \
+    scale --procs N --records M --rounds K [--paced 1] | interruptions --seconds N [--procs P] | spread --seconds N | pages --seconds N; \
     --name=VALUE works as well as --name VALUE";
 
 #[derive(Clone, Copy)]
@@ -63,6 +63,7 @@ enum Command {
     Meminfo,
     Scale { procs: u64, records: u64, rounds: u64, paced: bool },
     Interruptions { seconds: u64, procs: u64 },
+    Spread { seconds: u64 },
 }
 
 struct Invocation {
@@ -127,6 +128,10 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
                 return Err("--procs must be at least 1".into());
             }
             Command::Interruptions { seconds: required(seconds, "--seconds")?, procs }
+        }
+        "spread" => {
+            let [seconds] = numbers(args, ["--seconds"])?;
+            Command::Spread { seconds: required(seconds, "--seconds")? }
         }
         "ends" => {
             let [seed] = numbers(args, ["--seed"])?;
@@ -261,11 +266,12 @@ fn numbered_devices() -> Vec<(u64, String)> {
 
 fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
     match command {
-        Command::Meminfo | Command::Interruptions { .. } if caching.is_some() => {
+        Command::Meminfo | Command::Interruptions { .. } | Command::Spread { .. } if caching.is_some() => {
             fail(2, "--caching applies to the commands that map the device")
         }
         Command::Meminfo => return meminfo(),
         Command::Interruptions { seconds, procs } => return interruptions(seconds, procs),
+        Command::Spread { seconds } => return spread(seconds),
         _ => {}
     }
     let device = Device::open(path, caching).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
@@ -287,7 +293,7 @@ fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
             drop(device);
             move_bar(path, to)
         }
-        Command::Meminfo | Command::Interruptions { .. } => {
+        Command::Meminfo | Command::Interruptions { .. } | Command::Spread { .. } => {
             unreachable!("run without a mapping above")
         }
     }
@@ -366,8 +372,99 @@ fn interruptions(seconds: u64, procs: u64) -> i32 {
     // SAFETY: the read end, no longer used.
     unsafe { libc::close(shares.0) };
     // The commands after this one run on every CPU again.
-    set_affinity(&cpus).unwrap_or_else(|e| fail(1, &format!("unpinning: {e}")));
+    set_affinity(0, &cpus).unwrap_or_else(|e| fail(1, &format!("unpinning: {e}")));
     0
+}
+
+/// Whether a busy CPU takes a process that waits on another busy CPU: the
+/// first CPU gets three spinning processes and every other CPU one, each
+/// pinned there; after two seconds all are free to move, and the three
+/// should not stay together. Where the VMM passes `nohz_full=`, the other
+/// CPUs run one process each without a tick, the tick is what drives busy
+/// load balancing, and the first CPU asks them once a second instead
+/// (images/patches/0028). Prints after how long each of the three first ran
+/// elsewhere; fails if none did within `seconds`.
+fn spread(seconds: u64) -> i32 {
+    let cpus = online_cpus();
+    if cpus.len() < 2 {
+        fail(2, "spread needs two online CPUs or more");
+    }
+    let homes: Vec<usize> = [cpus[0], cpus[0]].into_iter().chain(cpus.iter().copied()).collect();
+    // The time the spinners were freed, then when each first ran away from
+    // its home (0: not yet), then whether to stop.
+    let board = shared_words(homes.len() + 2);
+    let (freed, moved, stop) = (&board[0], &board[1..=homes.len()], &board[homes.len() + 1]);
+    let mut children = Vec::new();
+    for (i, &home) in homes.iter().enumerate() {
+        // The child inherits the affinity.
+        set_affinity(0, &[home]).unwrap_or_else(|e| fail(1, &format!("pinning to CPU {home}: {e}")));
+        // SAFETY: this process has one thread; the child spins on shared
+        // memory and leaves with _exit, running no destructor of the
+        // parent's state.
+        match unsafe { libc::fork() } {
+            -1 => fail(1, &format!("fork of spinner {i}: {}", io::Error::last_os_error())),
+            0 => {
+                while stop.load(Relaxed) == 0 {
+                    let t0 = freed.load(Acquire);
+                    if t0 == 0 || moved[i].load(Relaxed) != 0 {
+                        continue;
+                    }
+                    // SAFETY: no arguments; answered by the vDSO.
+                    let cpu = unsafe { libc::sched_getcpu() };
+                    if cpu < 0 {
+                        fail(1, &format!("sched_getcpu: {}", io::Error::last_os_error()));
+                    }
+                    if cpu as usize != home {
+                        moved[i].store(now_ns().saturating_sub(t0).max(1), Relaxed);
+                    }
+                }
+                // SAFETY: ends the child at once, as above.
+                unsafe { libc::_exit(0) }
+            }
+            pid => children.push(pid),
+        }
+    }
+    // Every spinner runs before they are freed; this process waits anywhere.
+    set_affinity(0, &cpus).unwrap_or_else(|e| fail(1, &format!("unpinning: {e}")));
+    std::thread::sleep(Duration::from_secs(2));
+    for &pid in &children {
+        set_affinity(pid, &cpus).unwrap_or_else(|e| fail(1, &format!("unpinning spinner {pid}: {e}")));
+    }
+    freed.store(now_ns(), Release);
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(1, Relaxed);
+    if !reap(&children).is_empty() {
+        fail(1, "a spinner died");
+    }
+    let crowded: Vec<u64> = (0..homes.len()).filter(|&i| homes[i] == cpus[0]).map(|i| moved[i].load(Relaxed)).collect();
+    let each: Vec<String> =
+        crowded.iter().map(|&ns| if ns == 0 { "-".into() } else { format!("{} ms", ns / 1_000_000) }).collect();
+    let (first, others) = (cpus[0], cpus.len() - 1);
+    println!(
+        "spread: 3 processes on CPU {first} and one on each of the other {others}, free to move for {seconds} s: \
+         those of CPU {first} first ran elsewhere after ({})",
+        each.join(", ")
+    );
+    if crowded.iter().all(|&ns| ns == 0) {
+        fail(1, &format!("spread: the three processes of CPU {first} stayed there for {seconds} s"));
+    }
+    0
+}
+
+/// `n` zeroed words in memory shared with the children forked after this,
+/// for as long as the process lives.
+fn shared_words(n: usize) -> &'static [AtomicU64] {
+    let len = n * std::mem::size_of::<AtomicU64>();
+    let (rw, flags) = (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS);
+    // SAFETY: a fresh anonymous mapping (addr NULL), which nothing else uses.
+    let map = unsafe { libc::mmap(std::ptr::null_mut(), len, rw, flags, -1, 0) };
+    if map == libc::MAP_FAILED {
+        fail(1, &format!("mmap of {len} shared bytes: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: `len` bytes, page-aligned, readable and writable, zero-filled
+    // (a valid AtomicU64 each), never unmapped, so valid for 'static; only
+    // atomics touch them.
+    unsafe { std::slice::from_raw_parts(map.cast::<AtomicU64>(), n) }
 }
 
 /// The clock event device that makes `cpu`'s tick, as sysfs names it
@@ -607,7 +704,7 @@ fn scale(device: &Device, path: &str, procs: u64, records: u64, rounds: u64, pac
     }
     reap(&children);
     // The commands after this one run on every CPU again.
-    if let Err(e) = set_affinity(&cpus) {
+    if let Err(e) = set_affinity(0, &cpus) {
         fail(1, &format!("unpinning: {e}"));
     }
     let list = |f: &dyn Fn(&(u64, f64)) -> String| done_rounds.iter().map(f).collect::<Vec<_>>().join(" ");
@@ -785,8 +882,8 @@ fn online_cpus() -> Vec<usize> {
     (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
 }
 
-/// Lets this process run on `cpus` (from [`online_cpus`]) only.
-fn set_affinity(cpus: &[usize]) -> io::Result<()> {
+/// Lets process `pid` (0: this one) run on `cpus` (from [`online_cpus`]) only.
+fn set_affinity(pid: libc::pid_t, cpus: &[usize]) -> io::Result<()> {
     // SAFETY: as in online_cpus.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &cpu in cpus {
@@ -794,7 +891,7 @@ fn set_affinity(cpus: &[usize]) -> io::Result<()> {
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
     // SAFETY: as in online_cpus.
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+    if unsafe { libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -811,7 +908,7 @@ fn writer_cpu(cpus: &[usize], w: usize) -> usize {
 
 /// Moves this process to `cpu` for good, and checks that it runs there.
 fn pin_to(cpu: usize) -> Result<(), String> {
-    set_affinity(&[cpu]).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
+    set_affinity(0, &[cpu]).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
     // The getcpu system call rather than the vDSO's: it asks the kernel.
     let mut now: libc::c_uint = 0;
     // SAFETY: getcpu writes one c_uint through its first pointer; the others may be null.
