@@ -416,7 +416,9 @@ fn spread(seconds: u64) -> i32 {
                     // SAFETY: no arguments; answered by the vDSO.
                     let cpu = unsafe { libc::sched_getcpu() };
                     if cpu < 0 {
-                        fail(1, &format!("sched_getcpu: {}", io::Error::last_os_error()));
+                        eprintln!("kvmshm-demo: spinner {i}: sched_getcpu: {}", io::Error::last_os_error());
+                        // SAFETY: ends the child at once, as below.
+                        unsafe { libc::_exit(1) }
                     }
                     if cpu as usize != home {
                         moved[i].store(now_ns().saturating_sub(t0).max(1), Relaxed);
