@@ -49,3 +49,26 @@ fn the_tick_comes_from_the_local_apic_timer_with_or_without_tsc_deadline() {
         }
     }
 }
+
+/// The guest's clocks never go back, and its coarse clocks (what `time()`
+/// and file times come from) stay within half a second of the exact ones:
+/// where kernel code is emulated the tick advances the timekeeper every
+/// fourth tick, a quarter second (images/patches/0029), rather than every
+/// one; the rest is the part of a tick the timekeeper has not taken yet and
+/// room for a late tick on a busy host. A timekeeper that the tick stopped
+/// advancing would lag by the whole run.
+#[test]
+fn the_guest_clocks_never_go_back_and_the_coarse_ones_lag_half_a_second_at_most() {
+    for cpus in ["1", "2"] {
+        let out = Running::vmm(vmm_image("run=/bin/kvmshm-demo -- clocks --seconds=3", &["--cpus", cpus])).finish();
+        assert_eq!(out.code, Some(0), "{cpus} vCPUs\n{}", out.transcript());
+        let lag_ms: f64 = out
+            .console
+            .split("lagged the exact ones by at most ")
+            .nth(1)
+            .and_then(|rest| rest.split(" ms").next())
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or_else(|| panic!("{cpus} vCPUs: no clocks line\n{}", out.transcript()));
+        assert!(lag_ms < 500.0, "{cpus} vCPUs: the coarse clocks lagged by {lag_ms} ms\n{}", out.transcript());
+    }
+}

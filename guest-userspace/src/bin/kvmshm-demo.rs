@@ -42,7 +42,8 @@ const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
     write --procs N --records M [--seed S] [--spin K] [--pin 1] | check-records --procs N --records M | \
     verify --seed S | echo [--interrupts 1] | pingpong --peer P --rounds N --side 0|1 | check-doorbell --slot S | check-api | check-removal | memspeed --mib M | \
     bench [--chunk-kib K] [--slots S] --total-mib T | move-bar --to ADDR | ends --seed S | meminfo | \
-    scale --procs N --records M --rounds K [--paced 1] | interruptions --seconds N [--procs P] | spread --seconds N | pages --seconds N; \
+    scale --procs N --records M --rounds K [--paced 1] | interruptions --seconds N [--procs P] | spread --seconds N | \
+    clocks --seconds N | pages --seconds N; \
     --name=VALUE works as well as --name VALUE";
 
 #[derive(Clone, Copy)]
@@ -64,6 +65,7 @@ enum Command {
     Scale { procs: u64, records: u64, rounds: u64, paced: bool },
     Interruptions { seconds: u64, procs: u64 },
     Spread { seconds: u64 },
+    Clocks { seconds: u64 },
 }
 
 struct Invocation {
@@ -132,6 +134,10 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
         "spread" => {
             let [seconds] = numbers(args, ["--seconds"])?;
             Command::Spread { seconds: required(seconds, "--seconds")? }
+        }
+        "clocks" => {
+            let [seconds] = numbers(args, ["--seconds"])?;
+            Command::Clocks { seconds: required(seconds, "--seconds")? }
         }
         "ends" => {
             let [seed] = numbers(args, ["--seed"])?;
@@ -266,12 +272,15 @@ fn numbered_devices() -> Vec<(u64, String)> {
 
 fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
     match command {
-        Command::Meminfo | Command::Interruptions { .. } | Command::Spread { .. } if caching.is_some() => {
+        Command::Meminfo | Command::Interruptions { .. } | Command::Spread { .. } | Command::Clocks { .. }
+            if caching.is_some() =>
+        {
             fail(2, "--caching applies to the commands that map the device")
         }
         Command::Meminfo => return meminfo(),
         Command::Interruptions { seconds, procs } => return interruptions(seconds, procs),
         Command::Spread { seconds } => return spread(seconds),
+        Command::Clocks { seconds } => return clocks(seconds),
         _ => {}
     }
     let device = Device::open(path, caching).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
@@ -293,7 +302,7 @@ fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
             drop(device);
             move_bar(path, to)
         }
-        Command::Meminfo | Command::Interruptions { .. } | Command::Spread { .. } => {
+        Command::Meminfo | Command::Interruptions { .. } | Command::Spread { .. } | Command::Clocks { .. } => {
             unreachable!("run without a mapping above")
         }
     }
@@ -373,6 +382,36 @@ fn interruptions(seconds: u64, procs: u64) -> i32 {
     unsafe { libc::close(shares.0) };
     // The commands after this one run on every CPU again.
     set_affinity(0, &cpus).unwrap_or_else(|e| fail(1, &format!("unpinning: {e}")));
+    0
+}
+
+/// Reads the clocks for `seconds` and prints how far the coarse ones (what
+/// `time()` and file times come from) lagged the exact ones at most: the
+/// coarse clocks move when the tick advances the timekeeper, which where
+/// kernel code is emulated is every fourth tick (images/patches/0029).
+/// Fails if any clock went back.
+fn clocks(seconds: u64) -> i32 {
+    let pairs =
+        [(libc::CLOCK_MONOTONIC, libc::CLOCK_MONOTONIC_COARSE), (libc::CLOCK_REALTIME, libc::CLOCK_REALTIME_COARSE)];
+    let end = now_ns().saturating_add(seconds.saturating_mul(1_000_000_000));
+    let mut last = [0u64; 4];
+    let (mut lag, mut reads) = (0u64, 0u64);
+    while now_ns() < end {
+        for (p, &(exact, coarse)) in pairs.iter().enumerate() {
+            // The coarse clock first: read after it, the exact one is ahead.
+            let (c, e) = (clock_ns(coarse), clock_ns(exact));
+            if c < last[2 * p] || e < last[2 * p + 1] {
+                fail(1, &format!("clocks: clock {exact} or {coarse} went back after {reads} reads"));
+            }
+            last[2 * p..2 * p + 2].copy_from_slice(&[c, e]);
+            lag = lag.max(e.saturating_sub(c));
+        }
+        reads += 1;
+    }
+    println!(
+        "clocks: the coarse clocks lagged the exact ones by at most {:.1} ms over {seconds} s ({reads} reads); none went back",
+        lag as f64 / 1e6
+    );
     0
 }
 
@@ -823,10 +862,14 @@ impl SharedTimes {
 }
 
 fn now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     // SAFETY: timespec is plain data; clock_gettime writes one.
     let mut t: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: as above (the vDSO answers it in user space).
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    unsafe { libc::clock_gettime(clock, &mut t) };
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
