@@ -271,39 +271,35 @@ fn numbered_devices() -> Vec<(u64, String)> {
 }
 
 fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
-    match command {
-        Command::Meminfo | Command::Interruptions { .. } | Command::Spread { .. } | Command::Clocks { .. }
-            if caching.is_some() =>
-        {
-            fail(2, "--caching applies to the commands that map the device")
+    // The commands that do not map the device do not open it either.
+    let unmapped = |run: &dyn Fn() -> i32| {
+        if caching.is_some() {
+            fail(2, "--caching applies to the commands that map the device");
         }
-        Command::Meminfo => return meminfo(),
-        Command::Interruptions { seconds, procs } => return interruptions(seconds, procs),
-        Command::Spread { seconds } => return spread(seconds),
-        Command::Clocks { seconds } => return clocks(seconds),
-        _ => {}
-    }
-    let device = Device::open(path, caching).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
+        run()
+    };
+    let device = || Device::open(path, caching).unwrap_or_else(|e| fail(2, &format!("{path}: {e}")));
     match command {
-        Command::Write { procs, records, seed, spin, pin } => write(&device, path, procs, records, seed, spin, pin),
-        Command::CheckRecords { procs, records } => check_records(&device, path, procs, records),
-        Command::Verify { seed } => verify(&device, path, seed),
-        Command::Echo { interrupts } => echo(&device, path, interrupts),
-        Command::PingPong { peer, rounds, side } => pingpong(&device, path, peer, rounds, side),
-        Command::CheckDoorbell { slot } => check_doorbell(&device, path, slot),
-        Command::CheckApi => check_api(&device, path),
-        Command::CheckRemoval => check_removal(&device, path),
-        Command::Memspeed { mib } => memspeed(&device, mib),
-        Command::Pages { seconds } => pages(&device, path, seconds),
-        Command::Bench { chunk_kib, slots, total_mib } => bench(&device, path, chunk_kib, slots, total_mib),
-        Command::Scale { procs, records, rounds, paced } => scale(&device, path, procs, records, rounds, paced),
-        Command::Ends { seed } => ends(&device, path, seed),
+        Command::Meminfo => unmapped(&meminfo),
+        Command::Interruptions { seconds, procs } => unmapped(&|| interruptions(seconds, procs)),
+        Command::Spread { seconds } => unmapped(&|| spread(seconds)),
+        Command::Clocks { seconds } => unmapped(&|| clocks(seconds)),
+        Command::Write { procs, records, seed, spin, pin } => write(&device(), path, procs, records, seed, spin, pin),
+        Command::CheckRecords { procs, records } => check_records(&device(), path, procs, records),
+        Command::Verify { seed } => verify(&device(), path, seed),
+        Command::Echo { interrupts } => echo(&device(), path, interrupts),
+        Command::PingPong { peer, rounds, side } => pingpong(&device(), path, peer, rounds, side),
+        Command::CheckDoorbell { slot } => check_doorbell(&device(), path, slot),
+        Command::CheckApi => check_api(&device(), path),
+        Command::CheckRemoval => check_removal(&device(), path),
+        Command::Memspeed { mib } => memspeed(&device(), mib),
+        Command::Pages { seconds } => pages(&device(), path, seconds),
+        Command::Bench { chunk_kib, slots, total_mib } => bench(&device(), path, chunk_kib, slots, total_mib),
+        Command::Scale { procs, records, rounds, paced } => scale(&device(), path, procs, records, rounds, paced),
+        Command::Ends { seed } => ends(&device(), path, seed),
         Command::MoveBar { to } => {
-            drop(device);
+            drop(device());
             move_bar(path, to)
-        }
-        Command::Meminfo | Command::Interruptions { .. } | Command::Spread { .. } | Command::Clocks { .. } => {
-            unreachable!("run without a mapping above")
         }
     }
 }
@@ -394,16 +390,17 @@ fn clocks(seconds: u64) -> i32 {
     let pairs =
         [(libc::CLOCK_MONOTONIC, libc::CLOCK_MONOTONIC_COARSE), (libc::CLOCK_REALTIME, libc::CLOCK_REALTIME_COARSE)];
     let end = now_ns().saturating_add(seconds.saturating_mul(1_000_000_000));
-    let mut last = [0u64; 4];
+    // Each pair's last coarse and exact readings.
+    let mut last = [(0u64, 0u64); 2];
     let (mut lag, mut reads) = (0u64, 0u64);
     while now_ns() < end {
-        for (p, &(exact, coarse)) in pairs.iter().enumerate() {
+        for (&(exact, coarse), last) in pairs.iter().zip(&mut last) {
             // The coarse clock first: read after it, the exact one is ahead.
             let (c, e) = (clock_ns(coarse), clock_ns(exact));
-            if c < last[2 * p] || e < last[2 * p + 1] {
+            if c < last.0 || e < last.1 {
                 fail(1, &format!("clocks: clock {exact} or {coarse} went back after {reads} reads"));
             }
-            last[2 * p..2 * p + 2].copy_from_slice(&[c, e]);
+            *last = (c, e);
             lag = lag.max(e.saturating_sub(c));
         }
         reads += 1;
