@@ -41,11 +41,12 @@ pub enum Mode {
     Fill = 2,
     Echo = 3,
     Stream = 4,
+    Clock = 5,
 }
 
 impl Mode {
     fn from_u32(m: u32) -> Option<Self> {
-        [Self::Records, Self::Fill, Self::Echo, Self::Stream].into_iter().find(|mode| *mode as u32 == m)
+        [Self::Records, Self::Fill, Self::Echo, Self::Stream, Self::Clock].into_iter().find(|mode| *mode as u32 == m)
     }
 
     /// What the area holds, for messages.
@@ -55,6 +56,7 @@ impl Mode {
             Self::Fill => "the fill area",
             Self::Echo => "the echo mailbox",
             Self::Stream => "the stream ring",
+            Self::Clock => "the clock area",
         }
     }
 
@@ -64,6 +66,7 @@ impl Mode {
             Self::Fill => "fill",
             Self::Echo => "echo",
             Self::Stream => "stream",
+            Self::Clock => "clock",
         }
     }
 }
@@ -195,8 +198,8 @@ mod tests {
         region.u32(OFF_VERSION).store(2, Relaxed);
         assert_eq!(Header::read(&region), Err(LayoutError::BadVersion(2)));
         h.publish(&region);
-        region.u32(OFF_MODE).store(5, Relaxed);
-        assert_eq!(Header::read(&region), Err(LayoutError::UnknownMode(5)));
+        region.u32(OFF_MODE).store(6, Relaxed);
+        assert_eq!(Header::read(&region), Err(LayoutError::UnknownMode(6)));
 
         // Formatted by a side that mapped more than this one does.
         let half = region.prefix(HEADER_LEN).unwrap();

@@ -13,7 +13,8 @@
 //! - [`echo`]: a request/response mailbox for live round trips;
 //! - [`stream`]: bulk data both ways and ping-pong, for the benchmarks;
 //! - [`pingpong`]: two peers taking turns with doorbell rings (no header);
-//! - [`ends`]: the first and last pages of a region too large to map whole (no header).
+//! - [`ends`]: the first and last pages of a region too large to map whole (no header);
+//! - [`clock`]: the host's real-time clock, for a guest to compare its own with.
 //!
 //! Beside them, [`spin`] measures what a process spinning in user space
 //! loses to interruptions, and [`tlb`] what large pages are worth, the same
@@ -21,6 +22,7 @@
 
 #![cfg_attr(not(any(feature = "host", test)), no_std)]
 
+pub mod clock;
 pub mod echo;
 pub mod ends;
 mod error;

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use guest_userspace::device::{Caching, Device, DeviceWake, HUGE_PAGE, map_device, map_shared};
 use shm_layout::Region;
+use shm_layout::clock::Clock;
 use shm_layout::echo::Mailbox;
 use shm_layout::ends;
 use shm_layout::fill;
@@ -43,7 +44,7 @@ const USAGE: &str = "usage: kvmshm-demo COMMAND [:: COMMAND]...; COMMAND is \
     verify --seed S | echo [--interrupts 1] | pingpong --peer P --rounds N --side 0|1 | check-doorbell --slot S | check-api | check-removal | memspeed --mib M | \
     bench [--chunk-kib K] [--slots S] --total-mib T | move-bar --to ADDR | ends --seed S | meminfo | \
     scale --procs N --records M --rounds K [--paced 1] | interruptions --seconds N [--procs P] | spread --seconds N | \
-    clocks --seconds N | pages --seconds N; \
+    clocks --seconds N | host-clock --seconds N | pages --seconds N; \
     --name=VALUE works as well as --name VALUE";
 
 #[derive(Clone, Copy)]
@@ -66,6 +67,7 @@ enum Command {
     Interruptions { seconds: u64, procs: u64 },
     Spread { seconds: u64 },
     Clocks { seconds: u64 },
+    HostClock { seconds: u64 },
 }
 
 struct Invocation {
@@ -138,6 +140,10 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
         "clocks" => {
             let [seconds] = numbers(args, ["--seconds"])?;
             Command::Clocks { seconds: required(seconds, "--seconds")? }
+        }
+        "host-clock" => {
+            let [seconds] = numbers(args, ["--seconds"])?;
+            Command::HostClock { seconds: required(seconds, "--seconds")? }
         }
         "ends" => {
             let [seed] = numbers(args, ["--seed"])?;
@@ -294,6 +300,7 @@ fn run(path: &str, caching: Option<Caching>, command: Command) -> i32 {
         Command::CheckRemoval => check_removal(&device(), path),
         Command::Memspeed { mib } => memspeed(&device(), mib),
         Command::Pages { seconds } => pages(&device(), path, seconds),
+        Command::HostClock { seconds } => host_clock(&device(), path, seconds),
         Command::Bench { chunk_kib, slots, total_mib } => bench(&device(), path, chunk_kib, slots, total_mib),
         Command::Scale { procs, records, rounds, paced } => scale(&device(), path, procs, records, rounds, paced),
         Command::Ends { seed } => ends(&device(), path, seed),
@@ -408,6 +415,59 @@ fn clocks(seconds: u64) -> i32 {
     println!(
         "clocks: the coarse clocks lagged the exact ones by at most {:.1} ms over {seconds} s ({reads} reads); none went back",
         lag as f64 / 1e6
+    );
+    0
+}
+
+/// How long `host-clock` waits for `kvmshm clock` to publish: the host may
+/// start it after the guest.
+const HOST_CLOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// Compares the guest's real-time clock with the host's, which `kvmshm
+/// clock` publishes in the region every millisecond ([`shm_layout::clock`]),
+/// for `seconds`: each time the host's value changes, the guest's clock
+/// minus it. Each difference is the clocks' own plus the time the store
+/// took to be seen; so the least is the closest, and the median says what
+/// a reader sees most of the time. Tells the host it is done.
+fn host_clock(device: &Device, path: &str, seconds: u64) -> i32 {
+    let waited = Instant::now();
+    let clock = loop {
+        match Clock::open(device.region()) {
+            Ok(clock) if clock.host_ns() != 0 => break clock,
+            found if waited.elapsed() > HOST_CLOCK_WAIT => {
+                let why = found.err().map_or("nothing published".to_string(), |e| e.to_string());
+                fail(
+                    2,
+                    &format!(
+                        "{path}: no host clock within {HOST_CLOCK_WAIT:?} ({why}); run `kvmshm clock` on the host"
+                    ),
+                )
+            }
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let end = now_ns().saturating_add(seconds.saturating_mul(1_000_000_000));
+    let mut last = clock.host_ns();
+    let mut differences = Vec::new();
+    while now_ns() < end {
+        let host = clock.host_ns();
+        if host != last {
+            differences.push(clock_ns(libc::CLOCK_REALTIME) as i64 - host as i64);
+            last = host;
+        }
+    }
+    clock.finish();
+    differences.sort_unstable();
+    let ms = |ns: i64| ns as f64 / 1e6;
+    let (Some(&least), Some(&most)) = (differences.first(), differences.last()) else {
+        fail(1, &format!("host-clock: the host's clock did not change in {seconds} s (its publisher stopped?)"))
+    };
+    println!(
+        "host-clock: the guest's real-time clock minus the host's, over {} readings: median {:+.3} ms, least {:+.3}, most {:+.3}",
+        differences.len(),
+        ms(differences[differences.len() / 2]),
+        ms(least),
+        ms(most)
     );
     0
 }

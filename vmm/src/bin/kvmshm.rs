@@ -69,6 +69,15 @@ enum Command {
         #[arg(long)]
         keep_serving: bool,
     },
+    /// Publish the host's real-time clock in FILE, every millisecond, for
+    /// `kvmshm-demo host-clock` in the guest to compare its own with; ends
+    /// when that reader is done.
+    Clock {
+        file: PathBuf,
+        /// Seconds to wait for the reader to finish (the guest may be booting).
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+    },
     /// Run an ivshmem server (QEMU's protocol, version 0) at SOCKET: every
     /// client (`vmm --shm server=SOCKET`, QEMU's ivshmem-doorbell, `kvmshm
     /// peer`) gets an id, the memory in FILE and VECTORS eventfds, and hears
@@ -201,6 +210,11 @@ fn run(command: Command) -> anyhow::Result<bool> {
             let in_file = || file.display().to_string();
             mapped.check().with_context(in_file)?;
             println!("{}", result.with_context(in_file)?);
+        }
+        Command::Clock { file, wait } => {
+            let published =
+                open(&file)?.publish_clock(Duration::from_secs(wait)).with_context(|| file.display().to_string())?;
+            println!("published the host's clock {published} times; the reader is done");
         }
         Command::Server { socket, shm, size, vectors } => serve(&socket, &shm, size, vectors)?,
         Command::Peer { socket, action } => {

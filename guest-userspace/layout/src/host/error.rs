@@ -36,4 +36,6 @@ pub enum Error {
     ServerStopped { seq: u64 },
     #[error("bad answer to request {seq}: {fault}")]
     BadAnswer { seq: u64, fault: AnswerFault },
+    #[error("no reader finished with the clock within {waited:?} (published it {published} times)")]
+    NoClockReader { waited: Duration, published: u64 },
 }

@@ -4,9 +4,10 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::sigbus::Guard;
-use super::{Error, Summary};
+use super::{Error, Summary, clock};
 use crate::records::{Records, RecordsReport};
 use crate::{HEADER_LEN, Header, Region, fill};
 
@@ -99,6 +100,12 @@ impl MappedFile {
     /// Checks the records of a run of `writers` processes writing `records` each.
     pub fn verify_records(&self, writers: u64, records: u64) -> Result<RecordsReport, Error> {
         self.checked(Records::open(self.region()).and_then(|r| r.check(writers, records)).map_err(Error::from))
+    }
+
+    /// Publishes the host's real-time clock ([`crate::clock`]) until a
+    /// reader is done, or for `wait` at most; returns how many times.
+    pub fn publish_clock(&self, wait: Duration) -> Result<u64, Error> {
+        self.checked(clock::publish(self.region(), wait))
     }
 
     pub fn inspect(&self) -> Result<Summary, Error> {

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::atomic::Ordering::Acquire;
 
 use super::Error;
+use crate::clock::Clock;
 use crate::echo::{Mailbox, REQ_SEQ, RESP_SEQ, ServerState};
 use crate::header::VERSION;
 use crate::records::Records;
@@ -33,6 +34,10 @@ pub enum Detail {
         total: u64,
         guest_to_host: (u64, u64),
         host_to_guest: (u64, u64),
+    },
+    Clock {
+        host_ns: u64,
+        finished: bool,
     },
 }
 
@@ -69,6 +74,10 @@ impl Summary {
                     host_to_guest: stream.progress(Direction::HostToGuest),
                 }
             }
+            Mode::Clock => {
+                let clock = Clock::open(region)?;
+                Detail::Clock { host_ns: clock.host_ns(), finished: clock.finished() }
+            }
         };
         Ok(Self { header, detail })
     }
@@ -104,6 +113,10 @@ impl fmt::Display for Summary {
                 "{total} chunks of {chunk} bytes each way; guest->host {gp} published, {gc} consumed; \
                  host->guest {hp} published, {hc} consumed"
             ),
+            Detail::Clock { host_ns, finished } => {
+                let reader = if *finished { "a reader finished" } else { "no reader finished yet" };
+                writeln!(f, "the host's real-time clock, last published as {host_ns} ns; {reader}")
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! each protocol. It runs while the VM runs (the file is the VM's `--shm`
 //! file, so both see the same pages) and after it stops.
 
+mod clock;
 mod echo;
 mod error;
 mod file;
