@@ -499,6 +499,23 @@ pub fn kvmshm_beside_vm(vm: Running, args: &[&str]) -> (Running, VmResult) {
     }
 }
 
+/// Runs `kvmshm clock` on `file` beside `vm`, which runs `kvmshm-demo
+/// host-clock` on it, and returns the median of the guest's real-time clock
+/// minus the host's in ms; fails the test if either side fails.
+pub fn guest_clock_minus_host_ms(vm: Running, file: &Path) -> f64 {
+    let (vm, host) = kvmshm_beside_vm(vm, &["clock", file.to_str().expect("UTF-8 path"), "--wait", "600"]);
+    let out = vm.finish();
+    assert_eq!(host.code, Some(0), "kvmshm clock: {}\nVM: {}", host.transcript(), out.transcript());
+    assert_eq!(out.code, Some(0), "{}", out.transcript());
+    assert!(out.console.contains("kvmshm-init: exit status 0"), "{}", out.transcript());
+    out.console
+        .split(" readings: median ")
+        .nth(1)
+        .and_then(|rest| rest.split(" ms").next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no host-clock line\n{}", out.transcript()))
+}
+
 /// An ivshmem server (`kvmshm server`) with a fresh 1 MiB file, for
 /// doorbell tests: its socket and file are in `scratch`.
 pub struct IvshmemServer {

@@ -1,7 +1,7 @@
 //! Issue 3: the VMM boots the image to user space, runs any static program
 //! named by run=, and ends with that program's status or a named failure.
 
-use kvmshm_tests::{Running, run_status_program, vmm_image};
+use kvmshm_tests::{Running, Scratch, guest_clock_minus_host_ms, run_status_program, spawn_vm, vmm_image};
 
 #[test]
 fn runs_a_foreign_static_program_and_returns_its_status() {
@@ -70,5 +70,28 @@ fn the_guest_clocks_never_go_back_and_the_coarse_ones_lag_half_a_second_at_most(
             .and_then(|ms| ms.parse().ok())
             .unwrap_or_else(|| panic!("{cpus} vCPUs: no clocks line\n{}", out.transcript()));
         assert!(lag_ms < 500.0, "{cpus} vCPUs: the coarse clocks lagged by {lag_ms} ms\n{}", out.transcript());
+    }
+}
+
+/// The guest's real-time clock is the host's, within 10 ms, compared
+/// through the shared memory (`kvmshm clock` publishes the host's every
+/// millisecond, `kvmshm-demo host-clock` reads it beside its own). Where
+/// kernel code is emulated, the guest kernel's timekeeper counts ticks
+/// until kvm-clock takes over late in the boot, the ticks come late, and
+/// the clock fell 1.3 to 1.6 s behind; the VMM passes `timekeeping_resync`
+/// (images/patches/0031), which sets it again from kvm-clock's wall clock
+/// once kvm-clock has taken over: a quarter millisecond off then. What the
+/// bound leaves is room, not expected error: a guest clock that counts
+/// late ticks misses it by a hundredfold.
+#[test]
+fn the_guest_real_time_clock_is_the_hosts_within_10_ms() {
+    let scratch = Scratch::new("host-clock");
+    for cpus in ["1", "2"] {
+        let file = scratch.path(&format!("clock-{cpus}"));
+        std::fs::File::create(&file).unwrap().set_len(64 << 10).unwrap();
+        let shm = format!("path={},size=64K", file.display());
+        let vm = spawn_vm("/bin/kvmshm-demo -- host-clock --seconds=2", &["--cpus", cpus, "--shm", &shm]);
+        let off_ms = guest_clock_minus_host_ms(vm, &file);
+        assert!(off_ms.abs() < 10.0, "{cpus} vCPUs: the guest's real-time clock is {off_ms:+} ms off the host's");
     }
 }

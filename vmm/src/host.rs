@@ -68,7 +68,11 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// timekeeper every fourth tick rather than every one: a spinning guest
 /// process lost 2.8 ms a tick on average instead of 3.3 (alternating boots),
 /// and the coarse clocks and `time()` may now be a quarter second behind the
-/// clock (clock_gettime stays exact). With more than one
+/// clock (clock_gettime stays exact). `timekeeping_resync` (patch 0031)
+/// sets the real-time clock again from kvm-clock's wall clock once
+/// kvm-clock has replaced jiffies, late in the boot: the timekeeper counts
+/// ticks until then, each comes milliseconds late here, and the guest's
+/// clock fell 1.3 to 1.6 s behind the host's. With more than one
 /// vCPU, [`EMULATED_SMP_SWITCHES`] follow; then [`sched_slice_switch`]. Where the probe
 /// finds REP STOSQ cheap, `memops_rep_quad` (patch 0011) follows: memset and
 /// memcpy then move eight bytes per REP iteration (with ERMS and FSRM
@@ -79,7 +83,7 @@ const CLEARED_CPU_FEATURES: [(&str, u16); 17] = [
 /// without the image's patches boot too.
 const EMULATED_KERNEL_SWITCHES: &str = "noxsave retain_initrd keep_kernel_image_gaps \
     keep_unpatched_alternatives no_execmem_rox_cache no_thp_size_sysfs no_irq_sysfs \
-    sysctl.vm.compaction_proactiveness=0 timekeeping_interval_ms=250";
+    sysctl.vm.compaction_proactiveness=0 timekeeping_interval_ms=250 timekeeping_resync";
 
 /// With more than one vCPU (so an SMP kernel, whose vCPUs fold their memory
 /// statistics every second), `sysctl.vm.stat_interval=10` has them do it
