@@ -18,9 +18,8 @@
 //! microseconds of it unless something interrupted the reader.
 
 use core::sync::atomic::AtomicU64;
-use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use core::sync::atomic::Ordering::{Acquire, Release};
 
-use crate::header::HEADER_LEN;
 use crate::{Header, LayoutError, Mode, Region};
 
 pub const AREA_LEN: usize = 4096;
@@ -41,22 +40,13 @@ pub struct Clock<'a> {
 impl<'a> Clock<'a> {
     /// Formats `region` for a publisher that has not published yet.
     pub fn format(region: Region<'a>) -> Result<Self, LayoutError> {
-        let header = Header::new(&region, Mode::Clock, AREA_LEN as u64, [0; 4])?;
-        Header::retract(&region);
-        let this = Self { region, area: HEADER_LEN };
-        for field in [HOST_NS, DONE] {
-            this.u64(field).store(0, Relaxed);
-        }
-        header.publish(&region);
-        Ok(this)
+        let area = Header::format_fixed(&region, Mode::Clock, AREA_LEN, &[HOST_NS, DONE])?;
+        Ok(Self { region, area })
     }
 
     pub fn open(region: Region<'a>) -> Result<Self, LayoutError> {
-        let header = Header::expect(&region, Mode::Clock)?;
-        if header.area_len != AREA_LEN as u64 {
-            return Err(LayoutError::BadGeometry("the clock area is not one page"));
-        }
-        Ok(Self { region, area: header.area().0 })
+        let area = Header::open_fixed(&region, Mode::Clock, AREA_LEN, "the clock area is not one page")?;
+        Ok(Self { region, area })
     }
 
     fn u64(&self, field: usize) -> &'a AtomicU64 {
@@ -85,6 +75,7 @@ impl<'a> Clock<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::HEADER_LEN;
     use crate::region::TestMemory;
 
     #[test]

@@ -39,7 +39,6 @@ use core::hint::spin_loop;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
-use crate::header::HEADER_LEN;
 use crate::{Checksum, Header, LayoutError, Mode, Region};
 
 pub const AREA_LEN: usize = 3 * 4096;
@@ -170,23 +169,15 @@ pub struct Mailbox<'a> {
 impl<'a> Mailbox<'a> {
     /// Formats `region` as an idle mailbox with no request sent yet.
     pub fn format(region: Region<'a>) -> Result<Self, LayoutError> {
-        let header = Header::new(&region, Mode::Echo, AREA_LEN as u64, [0; 4])?;
-        Header::retract(&region);
-        let this = Self { region, area: HEADER_LEN };
         // The heartbeat is left alone: clients look only at its changes.
-        for field in [STATE, REQ_SEQ, RESP_SEQ, SERVER_PEER, CLIENT_PEER] {
-            this.u64(field).store(0, Relaxed);
-        }
-        header.publish(&region);
-        Ok(this)
+        let fields = [STATE, REQ_SEQ, RESP_SEQ, SERVER_PEER, CLIENT_PEER];
+        let area = Header::format_fixed(&region, Mode::Echo, AREA_LEN, &fields)?;
+        Ok(Self { region, area })
     }
 
     pub fn open(region: Region<'a>) -> Result<Self, LayoutError> {
-        let header = Header::expect(&region, Mode::Echo)?;
-        if header.area_len != AREA_LEN as u64 {
-            return Err(LayoutError::BadGeometry("the echo area is not three pages"));
-        }
-        Ok(Self { region, area: header.area().0 })
+        let area = Header::open_fixed(&region, Mode::Echo, AREA_LEN, "the echo area is not three pages")?;
+        Ok(Self { region, area })
     }
 
     pub(crate) fn u64(&self, field: usize) -> &'a AtomicU64 {

@@ -160,6 +160,41 @@ impl Header {
         region.u64(OFF_MAGIC).store(MAGIC, Release);
     }
 
+    /// Formats `region` for `mode` with an area of `area_len` bytes after
+    /// the header, no parameters, and the u64 `fields` of the area zeroed;
+    /// returns the area's offset. For the modes whose area has one size.
+    pub(crate) fn format_fixed(
+        region: &Region<'_>,
+        mode: Mode,
+        area_len: usize,
+        fields: &[usize],
+    ) -> Result<usize, LayoutError> {
+        let header = Self::new(region, mode, area_len as u64, [0; PARAMS])?;
+        Self::retract(region);
+        let area = header.area().0;
+        for field in fields {
+            region.u64(area + field).store(0, Relaxed);
+        }
+        header.publish(region);
+        Ok(area)
+    }
+
+    /// Opens what [`Self::format_fixed`] formatted: the region must hold
+    /// `mode` with an area of `area_len` bytes (else `BadGeometry(wrong_size)`).
+    /// Returns the area's offset.
+    pub(crate) fn open_fixed(
+        region: &Region<'_>,
+        mode: Mode,
+        area_len: usize,
+        wrong_size: &'static str,
+    ) -> Result<usize, LayoutError> {
+        let header = Self::expect(region, mode)?;
+        if header.area_len != area_len as u64 {
+            return Err(LayoutError::BadGeometry(wrong_size));
+        }
+        Ok(header.area().0)
+    }
+
     /// The area as a (offset, length) pair of usizes; read() has checked that
     /// it lies inside the mapping, so the conversions cannot fail.
     pub(crate) fn area(&self) -> (usize, usize) {
