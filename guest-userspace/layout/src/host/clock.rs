@@ -15,6 +15,10 @@ pub(super) fn publish(region: Region<'_>, wait: Duration) -> Result<u64, Error> 
     let start = Instant::now();
     let mut published = 0;
     while !clock.finished() {
+        // A file shrunk under the mapping reads as zeros: no reader will finish.
+        if super::sigbus::faulted_at(region.base()) {
+            return Err(Error::MappingLost);
+        }
         if start.elapsed() > wait {
             return Err(Error::NoClockReader { waited: wait, published });
         }
@@ -55,6 +59,22 @@ mod tests {
         });
         let summary = guest.inspect().unwrap();
         assert!(matches!(summary.detail, Detail::Clock { host_ns: 1.., finished: true }), "{summary}");
+    }
+
+    #[test]
+    fn a_file_that_shrinks_under_the_publisher_stops_it_at_once() {
+        let path = temp_file("clock-shrinks", 1 << 16);
+        let file = MappedFile::open(&path).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+            });
+            let start = std::time::Instant::now();
+            let e = file.publish_clock(Duration::from_secs(60)).unwrap_err();
+            assert!(matches!(e, Error::Shrunk { now: Some(0), .. }), "{e}");
+            assert!(start.elapsed() < Duration::from_secs(10), "gave up after {:?}", start.elapsed());
+        });
     }
 
     #[test]
