@@ -20,6 +20,7 @@ fn bad_arguments_end_with_status_2_and_say_why() {
         (&["--caching=xx", "memspeed", "--mib=1"], "--caching takes wb, wc or uc"),
         (&["clocks"], "clocks needs --seconds"),
         (&["clocks", "--seconds=x"], "--seconds \"x\" is not a number"),
+        (&["host-clock", "--seconds=0"], "host-clock needs at least one second"),
         // The commands that map no device refuse a caching mode for it.
         (&["--caching=wb", "clocks", "--seconds=1"], "--caching applies to the commands that map the device"),
         (&["--caching=uc", "meminfo"], "--caching applies to the commands that map the device"),

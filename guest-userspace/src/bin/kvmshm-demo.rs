@@ -143,7 +143,11 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
         }
         "host-clock" => {
             let [seconds] = numbers(args, ["--seconds"])?;
-            Command::HostClock { seconds: required(seconds, "--seconds")? }
+            let seconds = required(seconds, "--seconds")?;
+            if seconds == 0 {
+                return Err("host-clock needs at least one second to see the host's clock change".into());
+            }
+            Command::HostClock { seconds }
         }
         "ends" => {
             let [seed] = numbers(args, ["--seed"])?;
