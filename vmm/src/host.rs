@@ -262,7 +262,7 @@ impl HostKvm {
 const CODE: u64 = 0x1000;
 /// Iterations of the timed loop, two instructions each. Short runs cost
 /// nothing in accuracy (loops of 2,000 to 16,000 instructions, alternated
-/// 40 times each, gave the same time per instruction within 1%: entering
+/// 40 times each, gave the same time per instruction within 1.5%: entering
 /// and leaving the guest costs 0.03 ms at most), and the probe runs before
 /// every boot.
 const LOOP_ITERATIONS: u32 = 1_000;
