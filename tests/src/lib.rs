@@ -508,12 +508,14 @@ pub fn guest_clock_minus_host_ms(vm: Running, file: &Path) -> f64 {
     assert_eq!(host.code, Some(0), "kvmshm clock: {}\nVM: {}", host.transcript(), out.transcript());
     assert_eq!(out.code, Some(0), "{}", out.transcript());
     assert!(out.console.contains("kvmshm-init: exit status 0"), "{}", out.transcript());
-    out.console
-        .split(" readings: median ")
-        .nth(1)
-        .and_then(|rest| rest.split(" ms").next())
-        .and_then(|ms| ms.parse().ok())
+    number_after(&out.console, " readings: median ", " ms")
         .unwrap_or_else(|| panic!("no host-clock line\n{}", out.transcript()))
+}
+
+/// The number in `text` right after the first `marker`, up to `end`: how
+/// the tests read a figure off a line the guest printed.
+pub fn number_after<T: std::str::FromStr>(text: &str, marker: &str, end: &str) -> Option<T> {
+    text.split(marker).nth(1)?.split(end).next()?.parse().ok()
 }
 
 /// An ivshmem server (`kvmshm server`) with a fresh 1 MiB file, for

@@ -1,7 +1,9 @@
 //! Issue 3: the VMM boots the image to user space, runs any static program
 //! named by run=, and ends with that program's status or a named failure.
 
-use kvmshm_tests::{Running, Scratch, guest_clock_minus_host_ms, run_status_program, spawn_vm, vmm_image};
+use kvmshm_tests::{
+    Running, Scratch, guest_clock_minus_host_ms, number_after, run_status_program, spawn_vm, vmm_image,
+};
 
 #[test]
 fn runs_a_foreign_static_program_and_returns_its_status() {
@@ -62,12 +64,7 @@ fn the_guest_clocks_never_go_back_and_the_coarse_ones_lag_half_a_second_at_most(
     for cpus in ["1", "2"] {
         let out = Running::vmm(vmm_image("run=/bin/kvmshm-demo -- clocks --seconds=3", &["--cpus", cpus])).finish();
         assert_eq!(out.code, Some(0), "{cpus} vCPUs\n{}", out.transcript());
-        let lag_ms: f64 = out
-            .console
-            .split("lagged the exact ones by at most ")
-            .nth(1)
-            .and_then(|rest| rest.split(" ms").next())
-            .and_then(|ms| ms.parse().ok())
+        let lag_ms: f64 = number_after(&out.console, "lagged the exact ones by at most ", " ms")
             .unwrap_or_else(|| panic!("{cpus} vCPUs: no clocks line\n{}", out.transcript()));
         assert!(lag_ms < 500.0, "{cpus} vCPUs: the coarse clocks lagged by {lag_ms} ms\n{}", out.transcript());
     }

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use kvmshm_tests::{Hugetlbfs, Running, Scratch, image_file, kvmshm, run_status_program, run_vm, vmm, vmm_files};
+use kvmshm_tests::{
+    Hugetlbfs, Running, Scratch, image_file, kvmshm, number_after, run_status_program, run_vm, vmm, vmm_files,
+};
 use shm_layout::ends;
 use shm_layout::host::MappedFile;
 use shm_layout::records::RECORD_LEN;
@@ -125,12 +127,8 @@ fn a_panic_on_a_multi_vcpu_guest_fails_the_vmm_and_is_named() {
 fn four_gib_of_ram_reach_the_guest() {
     let out = run_vm("/bin/kvmshm-demo -- meminfo", &["--memory", "4096"]);
     assert_eq!(out.code, Some(0), "{}", out.transcript());
-    let mib: u64 = out
-        .console
-        .split("meminfo: ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no meminfo line\n{}", out.transcript()));
+    let mib: u64 =
+        number_after(&out.console, "meminfo: ", " ").unwrap_or_else(|| panic!("no meminfo line\n{}", out.transcript()));
     // 3 GiB fit below the 32-bit PCI window: the rest is above 4 GiB. The
     // kernel keeps about 2% (its image, the page structures).
     assert!(mib > 3900, "the guest manages {mib} MiB of 4096\n{}", out.transcript());
