@@ -2,7 +2,7 @@
 //! named by run=, and ends with that program's status or a named failure.
 
 use kvmshm_tests::{
-    Running, Scratch, guest_clock_minus_host_ms, number_after, run_status_program, spawn_vm, vmm_image,
+    Running, Scratch, assert_guest_clock_is_hosts, number_after, run_status_program, spawn_vm, vmm_image,
 };
 
 #[test]
@@ -79,7 +79,8 @@ fn the_guest_clocks_never_go_back_and_the_coarse_ones_lag_half_a_second_at_most(
 /// (images/patches/0031), which sets it again from kvm-clock's wall clock
 /// once kvm-clock has taken over: a quarter millisecond off then. What the
 /// bound leaves is room, not expected error: a guest clock that counts
-/// late ticks misses it by a hundredfold.
+/// late ticks misses it by a hundredfold. (Steps of the host's own clock
+/// during the run widen it on their side: see the helper.)
 #[test]
 fn the_guest_real_time_clock_is_the_hosts_within_10_ms() {
     let scratch = Scratch::new("host-clock");
@@ -88,7 +89,6 @@ fn the_guest_real_time_clock_is_the_hosts_within_10_ms() {
         std::fs::File::create(&file).unwrap().set_len(64 << 10).unwrap();
         let shm = format!("path={},size=64K", file.display());
         let vm = spawn_vm("/bin/kvmshm-demo -- host-clock --seconds=2", &["--cpus", cpus, "--shm", &shm]);
-        let off_ms = guest_clock_minus_host_ms(vm, &file);
-        assert!(off_ms.abs() < 10.0, "{cpus} vCPUs: the guest's real-time clock is {off_ms:+} ms off the host's");
+        assert_guest_clock_is_hosts(vm, &file, 10.0, &format!("{cpus} vCPUs"));
     }
 }
