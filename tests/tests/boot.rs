@@ -2,7 +2,7 @@
 //! named by run=, and ends with that program's status or a named failure.
 
 use kvmshm_tests::{
-    Running, Scratch, assert_guest_clock_is_hosts, number_after, run_status_program, spawn_vm, vmm_image,
+    Running, Scratch, assert_guest_clock_is_hosts, kvmshm, number_after, run_status_program, spawn_vm, vmm_image,
 };
 
 #[test]
@@ -12,6 +12,15 @@ fn runs_a_foreign_static_program_and_returns_its_status() {
     assert!(out.console.contains("status.c argv[1]=first-arg"), "{}", out.transcript());
     assert!(out.console.contains("kvmshm-init: exit status 42"), "{}", out.transcript());
     assert!(out.log.contains("host: guest kernel code runs"), "the host probe result is logged\n{}", out.transcript());
+    // The host tool's probe (the benchmark's yardstick after each boot)
+    // finds what the VMM's found.
+    let probe = kvmshm(&["probe"]);
+    assert_eq!(probe.code, Some(0), "{}", probe.transcript());
+    for finding in ["runs in KVM's instruction emulator", "runs natively", "hypercall instruction fails"] {
+        assert_eq!(probe.console.contains(finding), out.log.contains(finding), "{finding}\n{}", probe.transcript());
+    }
+    let ns: Option<f64> = number_after(&probe.console, "(", " ns per instruction");
+    assert!(ns.is_some_and(|ns| ns > 0.0), "{}", probe.transcript());
     out.assert_sysctls_taken();
     // Linux's boot-time INT3 self-test runs (the VMM does not ask the image's
     // kernel to skip it); where the emulator cannot execute INT3, the VMM

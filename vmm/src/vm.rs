@@ -323,22 +323,16 @@ impl Shared {
 fn log_host(host: &HostKvm, cpus: u8) {
     if host.kernel_code_emulated() {
         info!(
-            "host: guest kernel code runs in KVM's instruction emulator ({:.0} ns per instruction, {:.0} ns per REP STOSQ iteration, popcnt {}); adding guest flags: {} (clearcpuid: {})",
-            host.kernel_ns_per_instruction,
-            host.kernel_ns_per_rep_stosq,
-            if host.kernel_popcnt_fails { "not emulated" } else { "emulated" },
+            "host: {host}; adding guest flags: {} (clearcpuid: {})",
             host.guest_cmdline(cpus),
             host::cleared_cpu_feature_names().collect::<Vec<_>>().join(",")
         );
     } else {
-        info!(
-            "host: guest kernel code runs natively ({:.1} ns per instruction); no guest flags added",
-            host.kernel_ns_per_instruction
-        );
+        info!("host: {host}; no guest flags added");
     }
     if host.hypercalls_fail {
         info!(
-            "host: the guest kernel's hypercall instruction fails here (KVM rewrites it, or does not finish it); the paravirtual features that make hypercalls (PV IPIs, PV unhalt, PV yield) are hidden from the guest"
+            "host: the paravirtual features that make hypercalls (PV IPIs, PV unhalt, PV yield) are hidden from the guest"
         );
     }
 }

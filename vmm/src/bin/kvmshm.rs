@@ -116,6 +116,11 @@ enum Command {
     /// emulated, those the VMM adds itself and the image's switches for
     /// INT3 and FWAIT, which QEMU cannot finish.
     QemuFlags,
+    /// Measure this host's KVM as the VMM does before each boot and print
+    /// what it found: whether guest kernel code runs natively or in KVM's
+    /// instruction emulator, and its time per instruction there, by which
+    /// boot times on hosts of that kind compare.
+    Probe,
 }
 
 #[derive(Subcommand)]
@@ -222,12 +227,15 @@ fn run(command: Command) -> anyhow::Result<bool> {
             return peer_action(peer, action);
         }
         Command::QemuCpu { qemu } => println!("{}", qemu_cpu(&qemu)?),
-        Command::QemuFlags => {
-            let kvm = kvm_ioctls::Kvm::new().context("opening /dev/kvm")?;
-            println!("{}", vmm::host::probe(&kvm)?.qemu_guest_cmdline());
-        }
+        Command::QemuFlags => println!("{}", probe()?.qemu_guest_cmdline()),
+        Command::Probe => println!("{}", probe()?),
     }
     Ok(true)
+}
+
+fn probe() -> anyhow::Result<vmm::host::HostKvm> {
+    let kvm = kvm_ioctls::Kvm::new().context("opening /dev/kvm")?;
+    Ok(vmm::host::probe(&kvm)?)
 }
 
 /// Set by SIGINT and SIGTERM: the server stops and removes its socket.

@@ -182,9 +182,9 @@ fn us(ns: u64) -> String {
     format!("{:.1}", ns as f64 / 1e3)
 }
 
-/// The doorbell section of the report; `ns_per_instruction` is the VMM's
-/// probe in this run, which turns round trips into emulated-instruction
-/// times where guest kernel code is emulated.
+/// The doorbell section of the report; `ns_per_instruction` is the boots'
+/// probes' median in this run, which turns round trips into
+/// emulated-instruction times where guest kernel code is emulated.
 pub fn markdown(d: &DoorbellResults, ns_per_instruction: Option<f64>) -> String {
     let row = |what: &str, l: &Latency| {
         format!("| {what} | {} | {} | {} |\n", us(l.quantile(0.5)), us(l.quantile(0.99)), l.sorted_ns.len())
@@ -210,8 +210,8 @@ pub fn markdown(d: &DoorbellResults, ns_per_instruction: Option<f64>) -> String 
     if let Some(ns) = ns_per_instruction {
         let times = |us: f64| us * 1e3 / ns;
         md += &format!(
-            "\nGuest kernel code is emulated on this host ({ns:.0} ns an instruction, the VMM's probe in this \
-             run): a host ↔ guest interrupt round trip costs {:.0} emulated-instruction times, a guest ↔ guest one \
+            "\nGuest kernel code is emulated on this host ({ns:.0} ns an instruction, the median of the boots' \
+             probes in this run): a host ↔ guest interrupt round trip costs {:.0} emulated-instruction times, a guest ↔ guest one \
              {:.0}. Each ring is a system call and a Doorbell write in the guest kernel, and each interrupt its \
              entry, the driver's handler, the waiter's wake-up and, for a guest that was idle, leaving idle and \
              two context switches with the scheduler's accounting: all in KVM's instruction emulator. Polling runs \

@@ -102,15 +102,32 @@ impl QemuBoots {
 pub struct Boot {
     pub to_init_s: f64,
     pub process_s: f64,
-    /// The probe's figure from our VMM's start in the same round (see
-    /// vmm/src/host.rs): boot time divided by it is the boot's cost in
-    /// emulated instructions, comparable between machines.
+    /// The host's time per emulated instruction over the boot (see
+    /// vmm/src/host.rs): the mean of a probe just before it and one just
+    /// after (this host's speed moves within a minute, and a probe takes
+    /// 25 ms of a boot of seconds). Boot time divided by it is the boot's
+    /// cost in emulated instructions, comparable between machines.
     pub ns_per_instruction: f64,
+    /// The probe after the boot over the one before: how far this host's
+    /// speed moved during the boot.
+    pub probe_after_over_before: f64,
     /// Whether that probe found guest kernel code emulated.
     pub emulated: bool,
 }
 
 impl Boot {
+    /// A boot timed `to_init` and `process`, between probes that read
+    /// `before` and `after` ns per instruction.
+    fn new(to_init: Duration, process: Duration, before: f64, after: f64, emulated: bool) -> Self {
+        Self {
+            to_init_s: to_init.as_secs_f64(),
+            process_s: process.as_secs_f64(),
+            ns_per_instruction: (before + after) / 2.0,
+            probe_after_over_before: after / before,
+            emulated,
+        }
+    }
+
     /// Boot time to init in millions of emulated-instruction times.
     pub fn million_instructions(&self) -> f64 {
         self.to_init_s / self.ns_per_instruction * 1e3
@@ -146,6 +163,12 @@ impl Boots {
 
     pub fn ns_per_instruction(&self) -> f64 {
         self.median(|b| b.ns_per_instruction)
+    }
+
+    /// The least and the most of [`Boot::probe_after_over_before`].
+    pub fn probe_drift(&self) -> (f64, f64) {
+        let drifts = self.0.iter().map(|b| b.probe_after_over_before);
+        (drifts.clone().fold(f64::INFINITY, f64::min), drifts.fold(0.0, f64::max))
     }
 }
 
@@ -407,19 +430,36 @@ fn boot(cmd: Command, what: &str) -> anyhow::Result<(Duration, Duration, String)
     Ok((to_init, process, out.log))
 }
 
+/// What a probe of the host found, in our VMM's log or in `kvmshm
+/// probe`'s line (vmm/src/host.rs words both): the time per guest kernel
+/// instruction, and whether that code is emulated.
+fn probe_figure(text: &str) -> Option<(f64, bool)> {
+    let (_, found) = text.split_once("guest kernel code runs ")?;
+    let ns = found.split_once('(')?.1.split_once(" ns per instruction")?.0.parse().ok()?;
+    Some((ns, found.starts_with("in KVM's instruction emulator")))
+}
+
+/// `kvmshm probe` on CPU 0, where the boots run: the host's time per guest
+/// kernel instruction now.
+fn probe_now() -> anyhow::Result<f64> {
+    let out = on_cpus(Command::new(kvmshm_tests::host_binary("kvmshm")), 0..1).arg("probe").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("kvmshm probe failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(probe_figure(&text).with_context(|| format!("kvmshm probe printed no time per instruction: {text}"))?.0)
+}
+
 /// Our VMM with `cpus` vCPUs booting the image without devices, as QEMU's
-/// microvm does.
-fn boot_ours(cpus: u8) -> anyhow::Result<Boot> {
+/// microvm does, then a probe; the probe after the boot is returned too,
+/// the one before the next.
+fn boot_ours(cpus: u8) -> anyhow::Result<(Boot, f64)> {
     let cpus = cpus.to_string();
     let cmd = vmm_image(BOOT_RUN, &["--memory", BOOT_MEMORY_MIB, "--cpus", &cpus]);
     let (to_init, process, log) = boot(cmd, "the VMM")?;
-    let ns_per_instruction = log
-        .lines()
-        .find_map(|l| l.split_once("guest kernel code runs ")?.1.split_once('(')?.1.split_once(" ns per instruction"))
-        .and_then(|(ns, _)| ns.parse().ok())
-        .context("the VMM logs its probe's ns per instruction")?;
-    let emulated = log.contains("guest kernel code runs in KVM's instruction emulator");
-    Ok(Boot { to_init_s: to_init.as_secs_f64(), process_s: process.as_secs_f64(), ns_per_instruction, emulated })
+    let (before, emulated) = probe_figure(&log).context("the VMM logs its probe's ns per instruction")?;
+    let after = probe_now()?;
+    Ok((Boot::new(to_init, process, before, after, emulated), after))
 }
 
 /// QEMU's microvm booting the same kernel and initramfs with the guest
@@ -428,33 +468,34 @@ fn boot_ours(cpus: u8) -> anyhow::Result<Boot> {
 /// guest ends with a reset through the keyboard controller (reboot=k), which
 /// microvm has only when asked for: without it, Linux falls back to jumping
 /// to the firmware, which starts the freed kernel again.
-fn boot_qemu(setup: &Qemu, ours: &Boot) -> anyhow::Result<Boot> {
+fn boot_qemu(setup: &Qemu, ours: &Boot, before: f64) -> anyhow::Result<Boot> {
     let mut cmd = setup.command("microvm", BOOT_MEMORY_MIB, BOOT_RUN);
     cmd.args(["-device", "i8042"]);
     let (to_init, process, _) = boot(cmd, "qemu-system-x86_64 (Debian package qemu-system-x86)")?;
-    Ok(Boot { to_init_s: to_init.as_secs_f64(), process_s: process.as_secs_f64(), ..*ours })
+    Ok(Boot::new(to_init, process, before, probe_now()?, ours.emulated))
 }
 
 /// `rounds` boots of our VMM, each followed by one of QEMU's if there is a
-/// QEMU and by one of ours with 4 vCPUs: all see the same conditions, and
-/// each QEMU boot is counted in emulated instructions with the probe of the
-/// VMM's boot just before it. Returns QEMU's boots or why there are none.
+/// QEMU and by one of ours with 4 vCPUs: all see the same conditions. Each
+/// boot is counted in emulated instructions with the probes just before and
+/// after it (QEMU's: the one after our VMM's boot, and one of its own).
+/// Returns QEMU's boots or why there are none.
 fn boots(rounds: usize, qemu: Result<&Qemu, &str>) -> anyhow::Result<(Boots, Boots, Result<QemuBoots, String>)> {
     let mut setup = qemu.map_err(str::to_string);
     let (mut ours, mut ours_4, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         eprintln!("bench: boot {round} of {rounds}, our VMM...");
-        let b = boot_ours(1)?;
+        let (b, after) = boot_ours(1)?;
         ours.push(b);
         if let Ok(q) = setup {
             eprintln!("bench: boot {round} of {rounds}, QEMU microvm...");
-            match boot_qemu(q, &b) {
+            match boot_qemu(q, &b, after) {
                 Ok(boot) => theirs.push(boot),
                 Err(e) => setup = Err(format!("QEMU did not boot: {e:#}")),
             }
         }
         eprintln!("bench: boot {round} of {rounds}, our VMM with 4 vCPUs...");
-        ours_4.push(boot_ours(4)?);
+        ours_4.push(boot_ours(4)?.0);
     }
     Ok((Boots(ours), Boots(ours_4), setup.map(|q| QemuBoots { cpu: q.cpu.clone(), boots: Boots(theirs) })))
 }

@@ -301,11 +301,14 @@ pub fn summary(r: &Results) -> String {
     }
     let boot = |b: &Boots| {
         format!(
-            "{:.1} M emulated-instruction times ({:.1} s to init at {:.0} ns each; {:.1} s to the end)",
+            "{:.1} M emulated-instruction times ({:.1} s to init at {:.0} ns each; {:.1} s to the end; \
+             probe after / before a boot {:.2} to {:.2})",
             b.million_instructions(),
             b.to_init_s(),
             b.ns_per_instruction(),
-            b.process_s()
+            b.process_s(),
+            b.probe_drift().0,
+            b.probe_drift().1
         )
     };
     let ours = r.boot_ours.million_instructions();
@@ -361,9 +364,10 @@ pub fn markdown(r: &Results) -> String {
         vmlinux, initramfs and guest command line, neither with devices; the two take turns, the figures are \
         medians, and ours / QEMU is the median of each round's ratio. Where guest kernel code is emulated, boot \
         time follows the emulator's speed, which differs \
-        between machines and from minute to minute: boot time divided by the time per emulated instruction that \
-        our VMM's probe measured at its start (vmm/src/host.rs) is the boot's cost in emulated-instruction \
-        times, the figure to compare between machines.\n";
+        between machines and from minute to minute: boot time divided by the time per emulated instruction \
+        (the mean of the probes just before and just after the boot: our VMM's at its start, vmm/src/host.rs, \
+        and `kvmshm probe`'s) is the boot's cost in emulated-instruction times, the figure to compare between \
+        machines.\n";
     s += &limits(r);
     s
 }
