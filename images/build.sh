@@ -119,7 +119,11 @@ else
 		rm -rf "$src.tmp" && mkdir -p "$src.tmp"
 		dpkg-deb --fsys-tarfile "$deb" | tar -x -O --wildcards '*/linux-source-*.tar.xz' |
 			tar -xJ -C "$src.tmp" --strip-components=1
-		for p in "$here"/patches/*.patch; do patch -p1 -s -d "$src.tmp" <"$p"; done
+		# A patch that does not apply leaves no 1.8 GB tree behind (the
+		# pruning keeps *.tmp trees, which may be another build's).
+		for p in "$here"/patches/*.patch; do
+			patch -p1 -s -d "$src.tmp" <"$p" || { rm -rf "$src.tmp"; false; }
+		done
 		touch "$src.tmp/.kvmshm-ready"
 		rm -rf "$src" && mv "$src.tmp" "$src"
 	fi
