@@ -531,6 +531,15 @@ pub fn assert_guest_clock_is_hosts(vm: Running, file: &Path, bound_ms: f64, what
     );
 }
 
+/// What a probe of the host found, in our VMM's log or in `kvmshm
+/// probe`'s line (vmm/src/host.rs words both): the time per guest kernel
+/// instruction, and whether that code is emulated.
+pub fn probe_figure(text: &str) -> Option<(f64, bool)> {
+    let (_, found) = text.split_once("guest kernel code runs ")?;
+    let ns = number_after(found, "(", " ns per instruction")?;
+    Some((ns, found.starts_with("in KVM's instruction emulator")))
+}
+
 /// The number in `text` right after the first `marker`, up to `end`: how
 /// the tests read a figure off a line the guest printed.
 pub fn number_after<T: std::str::FromStr>(text: &str, marker: &str, end: &str) -> Option<T> {

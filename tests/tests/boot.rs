@@ -2,7 +2,8 @@
 //! named by run=, and ends with that program's status or a named failure.
 
 use kvmshm_tests::{
-    Running, Scratch, assert_guest_clock_is_hosts, kvmshm, number_after, run_status_program, spawn_vm, vmm_image,
+    Running, Scratch, assert_guest_clock_is_hosts, kvmshm, number_after, probe_figure, run_status_program, spawn_vm,
+    vmm_image,
 };
 
 #[test]
@@ -19,8 +20,7 @@ fn runs_a_foreign_static_program_and_returns_its_status() {
     for finding in ["runs in KVM's instruction emulator", "runs natively", "hypercall instruction fails"] {
         assert_eq!(probe.console.contains(finding), out.log.contains(finding), "{finding}\n{}", probe.transcript());
     }
-    let ns: Option<f64> = number_after(&probe.console, "(", " ns per instruction");
-    assert!(ns.is_some_and(|ns| ns > 0.0), "{}", probe.transcript());
+    assert!(probe_figure(&probe.console).is_some_and(|(ns, _)| ns > 0.0), "{}", probe.transcript());
     out.assert_sysctls_taken();
     // Linux's boot-time INT3 self-test runs (the VMM does not ask the image's
     // kernel to skip it); where the emulator cannot execute INT3, the VMM

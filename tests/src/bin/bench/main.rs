@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kvmshm_tests::{Qemu, Running, Scratch, vmm_image};
+use kvmshm_tests::{Qemu, Running, Scratch, probe_figure, vmm_image};
 use shm_layout::host::MappedFile;
 use shm_layout::stream::{Direction, Stream};
 
@@ -428,15 +428,6 @@ fn boot(cmd: Command, what: &str) -> anyhow::Result<(Duration, Duration, String)
         bail!("{what}: the guest did not end by itself:\n{}", out.transcript());
     }
     Ok((to_init, process, out.log))
-}
-
-/// What a probe of the host found, in our VMM's log or in `kvmshm
-/// probe`'s line (vmm/src/host.rs words both): the time per guest kernel
-/// instruction, and whether that code is emulated.
-fn probe_figure(text: &str) -> Option<(f64, bool)> {
-    let (_, found) = text.split_once("guest kernel code runs ")?;
-    let ns = found.split_once('(')?.1.split_once(" ns per instruction")?.0.parse().ok()?;
-    Some((ns, found.starts_with("in KVM's instruction emulator")))
 }
 
 /// `kvmshm probe` on CPU 0, where the boots run: the host's time per guest

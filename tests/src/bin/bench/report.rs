@@ -300,6 +300,7 @@ pub fn summary(r: &Results) -> String {
         .unwrap();
     }
     let boot = |b: &Boots| {
+        let (least, most) = b.probe_drift();
         format!(
             "{:.1} M emulated-instruction times ({:.1} s to init at {:.0} ns each; {:.1} s to the end; \
              probe after / before a boot {:.2} to {:.2})",
@@ -307,8 +308,8 @@ pub fn summary(r: &Results) -> String {
             b.to_init_s(),
             b.ns_per_instruction(),
             b.process_s(),
-            b.probe_drift().0,
-            b.probe_drift().1
+            least,
+            most
         )
     };
     let ours = r.boot_ours.million_instructions();
