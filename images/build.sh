@@ -135,8 +135,8 @@ fi
 # 1.5 times longer here (README, "Boot time"), so a one-vCPU guest does not
 # pay for it. Each has its own driver build (module ABI differs with SMP) and
 # initramfs; the guest programs are shared.
-#   images/out/      vmlinux, kvmshm.ko, initramfs.cpio (UP), kvmshm-demo
-#   images/out/smp/  vmlinux, kvmshm.ko, initramfs.cpio (SMP)
+#   images/out/      vmlinux, System.map, kvmshm.ko, initramfs.cpio (UP), kvmshm-demo
+#   images/out/smp/  vmlinux, System.map, kvmshm.ko, initramfs.cpio (SMP)
 
 # Builds the kernel with guest.config and the fragment $1 (cached); sets kbuild.
 build_kernel() {
@@ -195,6 +195,8 @@ install_image() {
 	mkdir -p "$dir"
 	step="install vmlinux into $dir"
 	cmp -s "$kbuild/vmlinux" "$dir/vmlinux" 2>/dev/null || install_out "$kbuild/vmlinux" "$dir" vmlinux
+	# For `vmm --profile-guest`, which names the guest kernel's functions from it.
+	cmp -s "$kbuild/System.map" "$dir/System.map" 2>/dev/null || install_out "$kbuild/System.map" "$dir" System.map
 
 	step="guest driver for $kbuild"
 	driver_id=$(input_hash "$kbuild" $(find "$top/guest-driver" -type f | sort))

@@ -1,9 +1,11 @@
 //! Issue 3: the VMM boots the image to user space, runs any static program
 //! named by run=, and ends with that program's status or a named failure.
 
+use std::collections::HashSet;
+
 use kvmshm_tests::{
-    Running, Scratch, assert_guest_clock_is_hosts, kvmshm, number_after, probe_figure, run_status_program, spawn_vm,
-    vmm_image,
+    Running, Scratch, assert_guest_clock_is_hosts, image_file_for, kvmshm, number_after, probe_figure,
+    run_status_program, spawn_vm, vmm_image,
 };
 
 #[test]
@@ -99,5 +101,46 @@ fn the_guest_real_time_clock_is_the_hosts_within_10_ms() {
         let shm = format!("path={},size=64K", file.display());
         let vm = spawn_vm("/bin/kvmshm-demo -- host-clock --seconds=2", &["--cpus", cpus, "--shm", &shm]);
         assert_guest_clock_is_hosts(vm, &file, 10.0, &format!("{cpus} vCPUs"));
+    }
+}
+
+/// `--profile-guest` with the System.map that images/build.sh installs beside
+/// each vmlinux names the guest kernel's hottest functions over a boot, as
+/// many as `--profile-top` asks, hottest first.
+#[test]
+fn the_guest_profile_names_the_hottest_kernel_functions_from_the_images_map() {
+    for cpus in ["1", "2"] {
+        let extra = ["--cpus", cpus];
+        let map = image_file_for(&extra, "System.map");
+        let map_text = std::fs::read_to_string(&map).unwrap();
+        let symbols: HashSet<&str> = map_text.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
+        let map = map.to_str().unwrap();
+        let out = Running::vmm(vmm_image(
+            "run=/bin/kvmshm-demo -- meminfo",
+            &[&extra[..], &["--profile-guest", map, "--profile-top", "5"]].concat(),
+        ))
+        .finish();
+        assert_eq!(out.code, Some(0), "{cpus} vCPUs\n{}", out.transcript());
+        let report =
+            out.log.split("guest profile: ").nth(1).unwrap_or_else(|| panic!("no report\n{}", out.transcript()));
+        let total: u64 = report.split(' ').next().and_then(|n| n.parse().ok()).expect("a sample count");
+        // "  4.12%     298 memmap_init_range"; callers' lines have no '%'.
+        let rows: Vec<(u64, &str)> = report
+            .lines()
+            .skip(1)
+            .filter(|l| l.contains('%'))
+            .map(|l| {
+                let mut words = l.split_whitespace();
+                let n = words.nth(1).and_then(|n| n.parse().ok()).expect("a count");
+                (n, l.split_once(&format!(" {n} ")).expect("a name after the count").1.trim())
+            })
+            .collect();
+        assert_eq!(rows.len(), 5, "{cpus} vCPUs: --profile-top 5\n{report}");
+        assert!(rows.windows(2).all(|w| w[0].0 >= w[1].0), "{cpus} vCPUs: hottest first\n{report}");
+        assert!(rows.iter().map(|r| r.0).sum::<u64>() <= total, "{cpus} vCPUs\n{report}");
+        // Every name is the map's or one of the report's own (user space, a
+        // module), and the boot's hottest include kernel functions.
+        assert!(rows.iter().all(|(_, name)| symbols.contains(name) || name.starts_with('(')), "{cpus} vCPUs\n{report}");
+        assert!(rows.iter().any(|(_, name)| symbols.contains(name)), "{cpus} vCPUs\n{report}");
     }
 }

@@ -40,6 +40,9 @@ struct Args {
     /// at the end.
     #[arg(long, value_name = "SYSTEM_MAP")]
     profile_guest: Option<PathBuf>,
+    /// How many of the hottest functions the --profile-guest report lists.
+    #[arg(long, value_name = "N", default_value_t = 40, requires = "profile_guest")]
+    profile_top: usize,
     /// Forward standard input to the guest console (for an interactive shell).
     #[arg(long)]
     console_input: bool,
@@ -101,7 +104,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         unsafe { libc::getppid() };
     }
     let result = vm.run();
-    if let Some(report) = vm.profile_report() {
+    if let Some(report) = vm.profile_report(args.profile_top) {
         eprint!("{report}");
     }
     Ok(result?)

@@ -252,9 +252,9 @@ impl Vm {
         Ok(())
     }
 
-    /// The hottest kernel functions, with `--profile-guest`.
-    pub fn profile_report(&self) -> Option<String> {
-        self.profiler.as_ref().map(|p| p.report(40))
+    /// The `top` hottest kernel functions, with `--profile-guest`.
+    pub fn profile_report(&self, top: usize) -> Option<String> {
+        self.profiler.as_ref().map(|p| p.report(top))
     }
 
     /// Runs the guest until it stops; returns the exit status of the program
