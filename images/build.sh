@@ -193,10 +193,12 @@ install_out "$guest_bins/kvmshm-demo" "$out" kvmshm-demo
 install_image() {
 	local kbuild=$1 dir=$2 driver_id dbuild list
 	mkdir -p "$dir"
-	step="install vmlinux into $dir"
-	cmp -s "$kbuild/vmlinux" "$dir/vmlinux" 2>/dev/null || install_out "$kbuild/vmlinux" "$dir" vmlinux
-	# For `vmm --profile-guest`, which names the guest kernel's functions from it.
-	cmp -s "$kbuild/System.map" "$dir/System.map" 2>/dev/null || install_out "$kbuild/System.map" "$dir" System.map
+	step="install the kernel into $dir"
+	# System.map is for `vmm --profile-guest`, which names the guest kernel's
+	# functions from it.
+	for f in vmlinux System.map; do
+		cmp -s "$kbuild/$f" "$dir/$f" 2>/dev/null || install_out "$kbuild/$f" "$dir" "$f"
+	done
 
 	step="guest driver for $kbuild"
 	driver_id=$(input_hash "$kbuild" $(find "$top/guest-driver" -type f | sort))
