@@ -130,9 +130,8 @@ fn the_guest_profile_names_the_hottest_kernel_functions_from_the_images_map() {
             .skip(1)
             .filter(|l| l.contains('%'))
             .map(|l| {
-                let mut words = l.split_whitespace();
-                let n = words.nth(1).and_then(|n| n.parse().ok()).expect("a count");
-                (n, l.split_once(&format!(" {n} ")).expect("a name after the count").1.trim())
+                let (n, name) = l.split_once('%').and_then(|(_, r)| r.trim_start().split_once(' ')).expect("a count");
+                (n.parse().expect("a count"), name.trim())
             })
             .collect();
         assert_eq!(rows.len(), 5, "{cpus} vCPUs: --profile-top 5\n{report}");
